@@ -1,0 +1,73 @@
+"""LoRA checkpoints in the diffusers format, plus the optimiser state that resuming needs.
+
+A checkpoint folder holds `pytorch_lora_weights.safetensors` (loadable with a plain
+`StableDiffusionPipeline.load_lora_weights(folder)`), `optimizer.pt` and `training_state.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import torch
+
+LORA_FILE = "pytorch_lora_weights.safetensors"
+OPTIMIZER_FILE = "optimizer.pt"
+STATE_FILE = "training_state.json"
+
+
+def save_checkpoint(unet, directory: str, optimizer: torch.optim.Optimizer | None = None,
+                    state: dict | None = None) -> None:
+    """Write the UNet's LoRA (and optimiser state) to `directory`, atomically as a folder.
+
+    Refuses (ValueError) to write non-finite weights."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    lora = get_peft_model_state_dict(unet)
+    bad = [name for name, tensor in lora.items() if not torch.isfinite(tensor).all()]
+    if bad:
+        raise ValueError(f"refusing to save a LoRA with non-finite weights in {bad[:3]}")
+    parent = os.path.dirname(os.path.abspath(directory))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".tmp-checkpoint-", dir=parent)
+    try:
+        StableDiffusionPipeline.save_lora_weights(
+            staging, unet_lora_layers=convert_state_dict_to_diffusers(lora),
+            unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
+        )
+        if optimizer is not None:
+            torch.save(optimizer.state_dict(), os.path.join(staging, OPTIMIZER_FILE))
+        with open(os.path.join(staging, STATE_FILE), "w") as f:
+            json.dump(state or {}, f, indent=2)
+        if os.path.isdir(directory):
+            shutil.rmtree(directory)
+        os.rename(staging, directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def load_lora(unet, directory: str) -> None:
+    """Load the LoRA saved in `directory` into the UNet's existing (default) adapter."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_unet_state_dict_to_peft
+    from peft.utils import set_peft_model_state_dict
+
+    state_dict, _ = StableDiffusionPipeline.lora_state_dict(directory, weight_name=LORA_FILE)
+    unet_state = {k[len("unet."):]: v for k, v in state_dict.items() if k.startswith("unet.")}
+    result = set_peft_model_state_dict(unet, convert_unet_state_dict_to_peft(unet_state), adapter_name="default")
+    unexpected = getattr(result, "unexpected_keys", None)
+    if unexpected:
+        raise ValueError(f"{directory}: LoRA keys that match no UNet layer, e.g. {unexpected[:3]}")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, directory: str) -> bool:
+    """Restore the optimiser state saved beside a LoRA, if there is one; True if restored."""
+    path = os.path.join(directory, OPTIMIZER_FILE)
+    if not os.path.exists(path):
+        return False
+    optimizer.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
+    return True

@@ -1,0 +1,78 @@
+"""What the three scripts share: the config flag, up-front checks, one-line errors."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from ml_collections import config_flags
+
+CONFIG = config_flags.DEFINE_config_file(
+    "config", "config/stage_process.py", "ml_collections config file; override fields as --config.key value"
+)
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad config, missing model or file): one line, exit code 2."""
+
+
+def _require(condition: bool, key: str, allowed: str, value) -> None:
+    if not condition:
+        raise UserError(f"config.{key} = {value!r} is not allowed: {allowed}")
+
+
+def check_config(config) -> None:
+    """Refuse an inconsistent config before anything is loaded."""
+    from b2diffurl import prompts, rewards, selection  # late: keeps `plan` light when it fails early
+
+    num_steps = config.sample.num_steps
+    _require(num_steps >= 1, "sample.num_steps", "an integer >= 1", num_steps)
+    _require(config.sample.eta > 0, "sample.eta", "> 0 (every step needs a density)", config.sample.eta)
+    _require(config.num_branches >= 1, "num_branches", "an integer >= 1", config.num_branches)
+    for key in ("sample.batch_size", "sample.num_batches_per_stage", "sample.unet_chunk_size",
+                "train.batch_size", "train.gradient_accumulation_steps", "train.num_epochs",
+                "stages.num_stages", "eval.history_cnt", "reward.batch_size"):
+        group, name = key.split(".")
+        value = config[group][name]
+        _require(value >= 1, key, "an integer >= 1", value)
+    smin, smax = config.stages.split_step_min, config.stages.split_step_max
+    _require(1 <= smin <= smax <= num_steps, "stages.split_step_min/max",
+             f"1 <= split_step_min <= split_step_max <= sample.num_steps={num_steps}", (smin, smax))
+    _require(config.split_step == -1 or 1 <= config.split_step <= num_steps, "split_step",
+             f"-1 (use the curriculum) or 1..sample.num_steps={num_steps}", config.split_step)
+    _require(0 <= config.stage < config.stages.num_stages, "stage",
+             f"0..stages.num_stages-1={config.stages.num_stages - 1}", config.stage)
+    _require(config.eval.pos_threshold >= config.eval.neg_threshold, "eval.pos_threshold",
+             f">= eval.neg_threshold={config.eval.neg_threshold}", config.eval.pos_threshold)
+    _require(config.mixed_precision in MIXED_PRECISION, "mixed_precision", " / ".join(MIXED_PRECISION),
+             config.mixed_precision)
+    _require(config.reward.name in rewards.REWARDS, "reward.name", ", ".join(sorted(rewards.REWARDS)),
+             config.reward.name)
+    _require(config.eval.selection in selection.SELECTIONS, "eval.selection",
+             ", ".join(sorted(selection.SELECTIONS)), config.eval.selection)
+    prompts.load_prompts(config.prompt_file)  # raises UserError naming the file
+
+
+def run_script(body: Callable, positional: bool = False) -> Callable:
+    """absl main for a script: check the config and that the models can be had, then run
+    `body(config, *args)`; a UserError becomes one line on stderr and exit code 2."""
+
+    def main(argv):
+        if len(argv) > 1 and not positional:
+            raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+        config = CONFIG.value
+        check_config(config)
+        from b2diffurl.pipeline import check_models_available
+
+        check_models_available(config)
+        body(config, *argv[1:])
+
+    def guarded(argv):
+        try:
+            main(argv)
+        except UserError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+
+    return guarded

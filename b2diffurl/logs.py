@@ -1,0 +1,56 @@
+"""Logging for the scripts (main process only) and the append-only metrics file."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+
+
+def setup_logging(is_main_process: bool = True) -> logging.Logger:
+    """Send the package's log records to stderr with a timestamp; quiet on other ranks."""
+    logger = logging.getLogger("b2diffurl")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.INFO if is_main_process else logging.WARNING)
+    # The libraries' own loading bars and notices would drown the run's progress lines.
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    return logger
+
+
+def _jsonable(value):
+    if hasattr(value, "item"):  # tensors and numpy scalars
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN; keep the line parseable
+    return value
+
+
+def append_metrics(path: str, **fields) -> None:
+    """Append one JSON object as one whole line (a single write), with a wall-clock time."""
+    record = {"time": round(time.time(), 3), **{k: _jsonable(v) for k, v in fields.items()}}
+    line = json.dumps(record) + "\n"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def read_metrics(path: str) -> list[dict]:
+    """Every record of a metrics file, in order."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]

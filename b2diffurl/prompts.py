@@ -1,0 +1,49 @@
+"""Prompt files (JSON lists of strings), prompt choice, and text embeddings."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def load_prompts(path: str) -> list[str]:
+    """Read a JSON list of non-empty strings; anything else is a UserError naming the file."""
+    from b2diffurl.cli import UserError
+
+    try:
+        with open(path) as f:
+            prompts = json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"prompt file {path} does not exist (config.prompt_file)") from None
+    except json.JSONDecodeError as error:
+        raise UserError(f"prompt file {path} is not valid JSON: {error}") from None
+    if not isinstance(prompts, list) or not prompts:
+        raise UserError(f"prompt file {path} must hold a non-empty JSON list of strings")
+    bad = [p for p in prompts if not isinstance(p, str) or not p.strip()]
+    if bad:
+        raise UserError(f"prompt file {path} holds {len(bad)} entries that are not non-empty strings, e.g. {bad[0]!r}")
+    return prompts
+
+
+def choose_prompts(prompts: list[str], count: int, rng: np.random.Generator) -> list[str]:
+    """`count` prompts drawn uniformly with replacement (as DDPO does)."""
+    return [prompts[i] for i in rng.integers(0, len(prompts), size=count)]
+
+
+@torch.no_grad()
+def encode_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
+    """CLIP text embeddings [N, L, D] of `prompts`, padded to the tokenizer's max length."""
+    tokens = tokenizer(
+        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+        return_tensors="pt", return_overflowing_tokens=False,
+    )
+    lengths = [len(ids) for ids in tokenizer(prompts).input_ids]
+    for prompt, length in zip(prompts, lengths):
+        if length > tokenizer.model_max_length:
+            log.warning("prompt truncated to %d tokens: %r", tokenizer.model_max_length, prompt)
+    return text_encoder(tokens.input_ids.to(text_encoder.device))[0]

@@ -1,0 +1,125 @@
+"""Build and save a tiny Stable-Diffusion-architecture pipeline, for offline runs and tests.
+
+The pipeline has the same parts as SD v1.4 (UNet2DConditionModel, AutoencoderKL, CLIPTextModel,
+CLIPTokenizer, DDIMScheduler) at toy sizes with random weights, and is saved as a normal diffusers
+directory, so `StableDiffusionPipeline.from_pretrained(dir)` loads it exactly as it loads SD.
+The tokenizer is a CLIP byte-pair tokenizer whose vocabulary and merges are written here:
+characters, plus whole-word tokens for every word of the prompt files.
+
+    python -m b2diffurl.tiny model/tiny-sd      # build (a few seconds) and save
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import string
+import sys
+import tempfile
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+IMAGE_SIZE = 32  # pixels; the VAE downsamples by 4, so latents are 4 x 8 x 8
+SPECIAL_TOKENS = ["<|startoftext|>", "<|endoftext|>"]
+PROMPT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "prompt")
+
+# The scheduler settings of SD v1.4 (its scheduler_config.json), so the tiny run steps identically.
+SD_SCHEDULER_CONFIG = dict(
+    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+    set_alpha_to_one=False, steps_offset=1, num_train_timesteps=1000,
+)
+
+
+def _prompt_words(prompt_dir: str) -> list[str]:
+    """Every lower-case word in the project's prompt files, sorted."""
+    words = set()
+    for path in glob.glob(os.path.join(prompt_dir, "*.json")):
+        with open(path) as f:
+            for prompt in json.load(f):
+                words.update(prompt.lower().split())
+    return sorted(words)
+
+
+def write_tokenizer_files(directory: str, words: list[str]) -> None:
+    """Write vocab.json and merges.txt of a small CLIP BPE vocabulary.
+
+    Base tokens are single characters (with and without the end-of-word mark `</w>`, as CLIP's
+    BPE uses); each word gets left-to-right merges so that it ends as one token. Every merge
+    result is in the vocabulary, so any text tokenizes to known tokens.
+    """
+    characters = string.ascii_lowercase + string.digits + string.punctuation
+    vocab: dict[str, int] = {}
+    for token in [*characters, *(c + "</w>" for c in characters)]:
+        vocab.setdefault(token, len(vocab))
+    merges: list[str] = []
+    for word in words:
+        if any(c not in characters for c in word):
+            continue
+        symbols = [*word[:-1], word[-1] + "</w>"]
+        merged = symbols[0]
+        for symbol in symbols[1:]:
+            merge = f"{merged} {symbol}"
+            merged += symbol
+            if merged not in vocab:
+                merges.append(merge)
+                vocab[merged] = len(vocab)
+    for token in SPECIAL_TOKENS:
+        vocab[token] = len(vocab)
+    with open(os.path.join(directory, "vocab.json"), "w") as f:
+        json.dump(vocab, f, indent=0)
+    with open(os.path.join(directory, "merges.txt"), "w") as f:
+        f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
+
+
+def build_tiny_pipeline(seed: int = 0, prompt_dir: str = PROMPT_DIR) -> StableDiffusionPipeline:
+    """A randomly initialised SD-architecture pipeline, deterministic in `seed`."""
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_tokenizer_files(tmp, _prompt_words(prompt_dir))
+        tokenizer = CLIPTokenizer(vocab=os.path.join(tmp, "vocab.json"), merges=os.path.join(tmp, "merges.txt"), model_max_length=77)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    ))
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=IMAGE_SIZE,
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(16, 32, 32), layers_per_block=1, norm_num_groups=8,
+    )
+    unet = UNet2DConditionModel(
+        sample_size=IMAGE_SIZE // 4, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64), norm_num_groups=8, cross_attention_dim=32, attention_head_dim=8,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    )
+    return StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        scheduler=DDIMScheduler(**SD_SCHEDULER_CONFIG), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False,
+    )
+
+
+def save_tiny_pipeline(directory: str, seed: int = 0) -> str:
+    """Build the tiny pipeline and save it to `directory` atomically (build aside, then rename)."""
+    parent = os.path.dirname(os.path.abspath(directory))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".tiny-sd-", dir=parent)
+    try:
+        build_tiny_pipeline(seed).save_pretrained(staging)
+        os.rename(staging, directory)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not os.path.isdir(directory):  # a concurrent builder winning the rename is fine
+            raise
+    return directory
+
+
+if __name__ == "__main__":
+    target = sys.argv[1] if len(sys.argv) > 1 else "model/tiny-sd"
+    print(save_tiny_pipeline(target))

@@ -1,0 +1,116 @@
+"""One training stage: the clipped policy-gradient update of the LoRA over selected samples.
+
+Each epoch reshuffles the samples and, per sample, the order of the interval's steps. An
+optimiser step follows `gradient_accumulation_steps` forward batches, each over all s steps
+(the last group of an epoch may be shorter). Idea of per-sample step shuffling from ddpo-pytorch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from b2diffurl.ddim import ddim_step_with_log_prob
+from b2diffurl.guidance import guided_noise
+from b2diffurl.loss import clipped_pg_loss, weighted_advantages
+
+
+@dataclasses.dataclass
+class TrainSettings:
+    """What the update needs from the config (train.*, sample.*)."""
+
+    num_steps: int  # T, to set the scheduler's timesteps
+    eta: float
+    guidance_scale: float
+    batch_size: int
+    gradient_accumulation_steps: int
+    num_epochs: int
+    clip_range: float
+    adv_clip_max: float
+    pos_weight: float
+    neg_weight: float
+    max_grad_norm: float
+
+    @classmethod
+    def from_config(cls, config) -> "TrainSettings":
+        t = config.train
+        return cls(config.sample.num_steps, config.sample.eta, config.sample.guidance_scale, t.batch_size,
+                   t.gradient_accumulation_steps, t.num_epochs, t.clip_range, t.adv_clip_max, t.pos_weight,
+                   t.neg_weight, t.max_grad_norm)
+
+
+def train_on_samples(
+    unet,
+    scheduler,
+    samples: dict,
+    settings: TrainSettings,
+    accelerator,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    on_optimizer_step: Callable[[dict], None] = lambda info: None,
+) -> dict:
+    """Train `unet`'s LoRA on a selected-sample record (see samples.py); returns stage totals.
+
+    `on_optimizer_step` receives, after each optimiser step, the mean loss, approx KL and clip
+    fraction over its micro-steps, the grad norm, and whether the step was skipped (non-finite).
+    """
+    device = accelerator.device
+    scheduler.set_timesteps(settings.num_steps, device=device)
+    num_samples, split_step = samples["log_probs"].shape
+    latents = samples["latents"].to(device)  # [M, s+1, C, H, W]
+    timesteps = samples["timesteps"].to(device)  # [M, s]
+    old_log_probs = samples["log_probs"].to(device)  # [M, s]
+    advantages = weighted_advantages(samples["advantages"].to(device, torch.float32), settings.adv_clip_max,
+                                     settings.pos_weight, settings.neg_weight)  # [M]
+    prompt_embeds = samples["prompt_embeds"].to(device)[samples["group_id"].to(device)]  # [M, L, D]
+    negative_embeds = samples["negative_prompt_embeds"].to(device)  # [1, L, D]
+    params = [p for p in unet.parameters() if p.requires_grad]
+    totals = {"optimizer_steps": 0, "skipped_steps": 0}
+    unet.train()
+
+    for epoch in range(settings.num_epochs):
+        order = torch.randperm(num_samples, generator=generator)
+        step_order = torch.stack([torch.randperm(split_step, generator=generator) for _ in range(num_samples)])
+        batches = list(order.split(settings.batch_size))
+        groups = [batches[i : i + settings.gradient_accumulation_steps]
+                  for i in range(0, len(batches), settings.gradient_accumulation_steps)]
+        for group in tqdm(groups, desc=f"epoch {epoch}", leave=False, disable=not accelerator.is_main_process):
+            micro_steps = len(group) * split_step
+            sums = {"loss": 0.0, "approx_kl": 0.0, "clipfrac": 0.0}
+            for b, rows in enumerate(group):
+                rows = rows.to(device)
+                for j in range(split_step):
+                    cols = step_order[rows.cpu(), j].to(device)  # per-sample step index
+                    last = b == len(group) - 1 and j == split_step - 1
+                    sync = contextlib.nullcontext() if last else accelerator.no_sync(unet)
+                    with sync, accelerator.autocast():
+                        x = latents[rows, cols]
+                        t = timesteps[rows, cols]
+                        eps = guided_noise(unet, x, t, prompt_embeds[rows], negative_embeds, settings.guidance_scale)
+                        _, log_prob = ddim_step_with_log_prob(scheduler, eps, t, x, settings.eta,
+                                                              prev_sample=latents[rows, cols + 1])
+                        loss, info = clipped_pg_loss(log_prob, old_log_probs[rows, cols], advantages[rows],
+                                                     settings.clip_range)
+                    accelerator.backward(loss / micro_steps)
+                    sums["loss"] += loss.item() / micro_steps
+                    sums["approx_kl"] += info["approx_kl"].item() / micro_steps
+                    sums["clipfrac"] += info["clipfrac"].item() / micro_steps
+            grad_norm = accelerator.clip_grad_norm_(params, settings.max_grad_norm)
+            grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
+            finite = math.isfinite(sums["loss"]) and math.isfinite(grad_norm)
+            # A non-finite loss or gradient must not reach the weights. Under fp16 the grad
+            # scaler skips such steps itself and must see them to lower its scale.
+            if finite or accelerator.scaler is not None:
+                optimizer.step()
+            skipped = not finite or accelerator.optimizer_step_was_skipped
+            optimizer.zero_grad(set_to_none=True)
+            totals["optimizer_steps"] += 1
+            totals["skipped_steps"] += int(skipped)
+            on_optimizer_step({"epoch": epoch, **sums, "grad_norm": grad_norm, "skipped": skipped})
+    unet.eval()
+    return totals

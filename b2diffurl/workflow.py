@@ -1,0 +1,231 @@
+"""The body of each of the three per-stage scripts: sample, select, train.
+
+Each reads the config, derives its stage plan, does its one job and writes its files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from b2diffurl import paths as run_paths
+from b2diffurl.checkpoint import load_lora, load_optimizer_state, save_checkpoint
+from b2diffurl.logs import append_metrics
+from b2diffurl.pipeline import load_pipeline, lora_parameters
+from b2diffurl.prompts import choose_prompts, encode_prompts, load_prompts
+from b2diffurl.rewards import build_reward, score_images
+from b2diffurl.sampler import sample_branches
+from b2diffurl.samples import FORMAT_VERSION, atomic_torch_save, load_samples, save_samples, subset
+from b2diffurl.selection import SELECTIONS
+from b2diffurl.stages import StagePlan, plan_stage
+from b2diffurl.stats import new_history, normalise, record_stage
+from b2diffurl.trainer import TrainSettings, train_on_samples
+
+log = logging.getLogger(__name__)
+
+
+def _accelerator(config):
+    from accelerate import Accelerator
+
+    if config.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return Accelerator(mixed_precision=config.mixed_precision)
+
+
+def _load_policy(config, plan: StagePlan, device):
+    """The pipeline with the LoRA this stage starts from (π_old)."""
+    pipe = load_pipeline(config, device)
+    if plan.resume_from:
+        if not os.path.isdir(plan.resume_from):
+            from b2diffurl.cli import UserError
+
+            raise UserError(f"stage {plan.stage} resumes from {plan.resume_from}, which does not exist")
+        load_lora(pipe.unet, plan.resume_from)
+        log.info("LoRA loaded from %s", plan.resume_from)
+    return pipe
+
+
+def stage_meta(config, plan: StagePlan) -> dict:
+    """The `meta` of this stage's sample files; selection and training check it."""
+    return {
+        "num_steps": config.sample.num_steps, "split_step": plan.split_step, "branch_point": plan.branch_point,
+        "num_branches": config.num_branches, "eta": config.sample.eta,
+        "guidance_scale": config.sample.guidance_scale, "model": config.pretrained.model,
+        "seed": plan.seed, "stage": plan.stage, "format_version": FORMAT_VERSION,
+    }
+
+
+@torch.no_grad()
+def decode_images(vae, latents: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """uint8 images [N, H, W, 3] from final latents [N, C, h, w]."""
+    images = []
+    for chunk in latents.split(chunk_size):
+        decoded = vae.decode(chunk.to(vae.dtype) / vae.config.scaling_factor).sample
+        decoded = ((decoded.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+        images.append(decoded.permute(0, 2, 3, 1).cpu())
+    return torch.cat(images)
+
+
+def sample_stage(config) -> None:
+    """Branch-based sampling of one stage -> sample.pkl, images.pt and PNGs."""
+    plan = plan_stage(config)
+    accelerator = _accelerator(config)
+    device = accelerator.device
+    started = time.time()
+    pipe = _load_policy(config, plan, device)
+    prompts = load_prompts(config.prompt_file)
+    rng = np.random.default_rng(plan.seed)
+    generator = torch.Generator().manual_seed(plan.seed)
+    negative_embeds = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""])
+    latent_shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
+    log.info("stage %d: split step %d, branch point %d, %d batches of %d prompts x %d branches",
+             plan.stage, plan.split_step, plan.branch_point, config.sample.num_batches_per_stage,
+             config.sample.batch_size, config.num_branches)
+
+    parts, batch_prompts_all, embeds_all, images_all = [], [], [], []
+    for batch in tqdm(range(config.sample.num_batches_per_stage), desc=f"stage {plan.stage} sample"):
+        batch_prompts = choose_prompts(prompts, config.sample.batch_size, rng)
+        prompt_embeds = encode_prompts(pipe.tokenizer, pipe.text_encoder, batch_prompts)
+        with accelerator.autocast():
+            part = sample_branches(
+                pipe.unet, pipe.scheduler, prompt_embeds, negative_embeds,
+                num_steps=config.sample.num_steps, branch_point=plan.branch_point,
+                num_branches=config.num_branches, eta=config.sample.eta,
+                guidance_scale=config.sample.guidance_scale, latent_shape=latent_shape, generator=generator,
+                chunk_size=config.sample.unet_chunk_size, dtype=pipe.unet.dtype,
+            )
+            images_all.append(decode_images(pipe.vae, part["latents"][:, -1], config.sample.unet_chunk_size))
+        part["group"] += batch * config.sample.batch_size
+        parts.append({k: v.cpu() for k, v in part.items()})
+        batch_prompts_all += batch_prompts
+        embeds_all.append(prompt_embeds.cpu())
+
+    group_id = torch.cat([p["group"] for p in parts])
+    record = {
+        "prompts": [batch_prompts_all[g] for g in group_id.tolist()],
+        "group_id": group_id,
+        "branch_id": torch.cat([p["branch"] for p in parts]),
+        "timesteps": torch.cat([p["timesteps"] for p in parts]),
+        "latents": torch.cat([p["latents"] for p in parts]),
+        "log_probs": torch.cat([p["log_probs"] for p in parts]),
+        "prompt_embeds": torch.cat(embeds_all),
+        "negative_prompt_embeds": negative_embeds.cpu(),
+        "meta": stage_meta(config, plan),
+    }
+    images = torch.cat(images_all)
+    stage_paths = plan.paths
+    if config.sample.save_png:
+        os.makedirs(stage_paths.image_dir, exist_ok=True)
+        for image, group, branch in zip(images.numpy(), record["group_id"].tolist(), record["branch_id"].tolist()):
+            Image.fromarray(image).save(os.path.join(stage_paths.image_dir, run_paths.image_name(group, branch)))
+    atomic_torch_save(images, stage_paths.images)
+    save_samples(record, stage_paths.samples)  # last: its presence means the step finished
+    seconds = time.time() - started
+    append_metrics(os.path.join(run_paths.run_dir(config), run_paths.METRICS_FILE), stage=plan.stage,
+                   event="sample", split_step=plan.split_step, num_samples=len(record["prompts"]),
+                   num_groups=int(group_id.max()) + 1, seconds=round(seconds, 2))
+    log.info("stage %d: %d branch samples written to %s in %.1fs", plan.stage, len(record["prompts"]),
+             stage_paths.samples, seconds)
+
+
+def _read_history(path: str, history_cnt: int) -> dict:
+    if not os.path.exists(path):
+        return new_history(history_cnt)
+    with open(path) as f:
+        history = json.load(f)
+    history["history_cnt"] = history_cnt
+    return history
+
+
+def _write_json_atomic(obj, path: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def select_stage(config) -> None:
+    """Score every branch image, normalise per prompt, select -> sample_stage.pkl, history."""
+    plan = plan_stage(config)
+    stage_paths = plan.paths
+    record = load_samples(stage_paths.samples, expect=stage_meta(config, plan))
+    images = torch.load(stage_paths.images, weights_only=True).numpy()
+    if len(images) != len(record["prompts"]):
+        raise ValueError(f"{stage_paths.images} holds {len(images)} images for {len(record['prompts'])} samples")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    reward = build_reward(config.reward, device)
+    scores = score_images(reward, images, record["prompts"], config.reward.batch_size)
+    finite = np.isfinite(scores)
+    if not finite.all():
+        log.warning("stage %d: %d non-finite rewards dropped", plan.stage, int((~finite).sum()))
+
+    history_path = os.path.join(run_paths.run_dir(config), run_paths.HISTORY_FILE)
+    history = record_stage(_read_history(history_path, config.eval.history_cnt), plan.stage, record["prompts"],
+                           scores.tolist())
+    advantages = normalise(history, record["prompts"], scores.tolist())
+    select = SELECTIONS[config.eval.selection]
+    chosen = select(record["group_id"].numpy(), advantages, config.eval.pos_threshold, config.eval.neg_threshold)
+    selected = subset(record, torch.from_numpy(chosen),
+                      advantages=torch.from_numpy(advantages[chosen]).float(),
+                      rewards=torch.from_numpy(scores[chosen]).float())
+    save_samples(selected, stage_paths.selected, selected=True)
+    _write_json_atomic(history, history_path)
+
+    positive = int((advantages[chosen] > 0).sum())
+    append_metrics(os.path.join(run_paths.run_dir(config), run_paths.METRICS_FILE), stage=plan.stage,
+                   event="select", split_step=plan.split_step, reward_mean=float(scores[finite].mean()),
+                   reward_std=float(scores[finite].std()), reward_max=float(scores[finite].max()),
+                   reward_min=float(scores[finite].min()), num_samples=len(scores), num_selected=len(chosen),
+                   num_positive=positive, num_negative=len(chosen) - positive,
+                   num_nonfinite_rewards=int((~finite).sum()))
+    log.info("stage %d: reward mean %.4f, selected %d of %d (%d positive)", plan.stage, scores[finite].mean(),
+             len(chosen), len(scores), positive)
+
+
+def train_stage(config) -> None:
+    """The LoRA policy-gradient update over the selected samples -> checkpoints/."""
+    plan = plan_stage(config)
+    stage_paths = plan.paths
+    samples = load_samples(stage_paths.selected, selected=True, expect=stage_meta(config, plan))
+    accelerator = _accelerator(config)
+    pipe = _load_policy(config, plan, accelerator.device)
+    t = config.train
+    optimizer = torch.optim.AdamW(lora_parameters(pipe.unet), lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
+                                  weight_decay=t.adam_weight_decay, eps=t.adam_epsilon)
+    if plan.resume_from and load_optimizer_state(optimizer, plan.resume_from):
+        log.info("optimiser state restored from %s", plan.resume_from)
+    metrics_path = os.path.join(run_paths.run_dir(config), run_paths.METRICS_FILE)
+    num_samples = len(samples["prompts"])
+    state = {"stage": plan.stage, "split_step": plan.split_step, "num_samples": num_samples,
+             "config": config.to_dict()}
+    if num_samples == 0:
+        log.warning("stage %d: no sample passed the thresholds; training skipped, LoRA carried forward",
+                    plan.stage)
+        save_checkpoint(pipe.unet, stage_paths.checkpoint, optimizer, {**state, "skipped": True})
+        append_metrics(metrics_path, stage=plan.stage, event="train", split_step=plan.split_step, num_samples=0,
+                       skipped=True, reason="no selected samples")
+        return
+
+    unet, optimizer = accelerator.prepare(pipe.unet, optimizer)
+
+    def on_optimizer_step(info: dict) -> None:
+        append_metrics(metrics_path, stage=plan.stage, event="optimizer_step", split_step=plan.split_step, **info)
+
+    generator = torch.Generator().manual_seed(plan.seed)
+    totals = train_on_samples(unet, pipe.scheduler, samples, TrainSettings.from_config(config), accelerator,
+                              optimizer, generator, on_optimizer_step)
+    save_checkpoint(accelerator.unwrap_model(unet), stage_paths.checkpoint, optimizer, {**state, **totals})
+    append_metrics(metrics_path, stage=plan.stage, event="train", split_step=plan.split_step,
+                   num_samples=num_samples, skipped=False, **totals)
+    log.info("stage %d: %d optimiser steps (%d skipped), LoRA saved to %s", plan.stage, totals["optimizer_steps"],
+             totals["skipped_steps"], stage_paths.checkpoint)

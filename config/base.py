@@ -1,0 +1,85 @@
+"""Defaults shared by every preset. Each field has a one-line comment; presets override a few.
+
+Batch arithmetic per stage (reference values): sample.batch_size (B=8) prompts x
+sample.num_batches_per_stage (32) = 256 branch groups; x num_branches (K=5) = 1,280 images.
+Selection keeps at most 2 branches a group (best and worst), so at most 512 trained samples,
+each trained on split_step steps, train.num_epochs (2) times.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+
+    # ---- run ----
+    config.exp_name = "b2diffurl"  # run folder name: {save_path}/{exp_name}/stage{k}/
+    config.save_path = "model"  # where run folders are created
+    config.log_dir = "log"  # run_process.sh writes one log per stage under {log_dir}/{exp_name}/
+    config.seed = 42  # stage k uses seed + k
+    config.stage = 0  # which stage this invocation works on (set by run_process.sh)
+    config.split_step = -1  # s for this stage; -1 takes it from the stages.* curriculum
+    config.num_branches = 5  # K, branches per group (the original calls it split_time)
+    config.resume_from = ""  # LoRA checkpoint folder that stage 0 starts from; "" starts a new LoRA
+    config.mixed_precision = "fp16"  # "no", "fp16" or "bf16": dtype of the frozen models
+    config.allow_tf32 = True  # TF32 matmuls on Ampere+ GPUs
+    config.prompt_file = "config/prompt/animal_activity_train.json"  # JSON list of prompts
+
+    # ---- backward progressive curriculum ----
+    config.stages = stages = ml_collections.ConfigDict()
+    stages.num_stages = 100  # N
+    stages.split_step_min = 14  # s of stage 0
+    stages.split_step_max = 20  # s reached by the last stages (at most sample.num_steps)
+
+    # ---- base model ----
+    config.pretrained = pretrained = ml_collections.ConfigDict()
+    pretrained.model = "CompVis/stable-diffusion-v1-4"  # hub id or local diffusers folder
+    pretrained.revision = "main"  # hub revision
+    pretrained.build_tiny = False  # build the tiny offline model at `model` if it is missing
+
+    # ---- LoRA ----
+    config.lora = lora = ml_collections.ConfigDict()
+    lora.rank = 4  # LoRA rank
+    lora.alpha = 4  # LoRA scale numerator (scale = alpha / rank)
+    lora.target_modules = ("to_q", "to_k", "to_v", "to_out.0")  # UNet attention projections
+
+    # ---- sampling ----
+    config.sample = sample = ml_collections.ConfigDict()
+    sample.num_steps = 20  # T, DDIM steps per trajectory
+    sample.eta = 1.0  # DDIM noise; > 0 so that every step has a density
+    sample.guidance_scale = 5.0  # w, classifier-free guidance (sampling and training)
+    sample.batch_size = 8  # B, prompts per sampling batch
+    sample.num_batches_per_stage = 32  # sampling batches per stage
+    sample.unet_chunk_size = 80  # most latents per UNet call (x2 for CFG); bounds memory
+    sample.save_png = True  # also write every branch image as PNG under images/
+
+    # ---- reward ----
+    config.reward = reward = ml_collections.ConfigDict()
+    reward.name = "clip_score"  # key of b2diffurl.rewards.REWARDS
+    reward.model = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"  # model of model-based rewards
+    reward.batch_size = 32  # images per reward call
+
+    # ---- normalisation and selection ----
+    config.eval = evaluation = ml_collections.ConfigDict()
+    evaluation.history_cnt = 8  # H, stages of per-prompt score history pooled to normalise
+    evaluation.pos_threshold = 0.5  # rho+, best branch kept if its advantage >= this
+    evaluation.neg_threshold = -0.5  # rho-, worst branch kept if its advantage < this
+    evaluation.selection = "best_worst"  # key of b2diffurl.selection.SELECTIONS ("all": DDPO)
+
+    # ---- training ----
+    config.train = train = ml_collections.ConfigDict()
+    train.learning_rate = 1e-4  # AdamW learning rate
+    train.adam_beta1 = 0.9  # AdamW beta1
+    train.adam_beta2 = 0.999  # AdamW beta2
+    train.adam_weight_decay = 1e-4  # AdamW weight decay
+    train.adam_epsilon = 1e-8  # AdamW epsilon
+    train.batch_size = 1  # selected samples per forward pass
+    train.gradient_accumulation_steps = 64  # forward batches (each over all s steps) per optimiser step
+    train.num_epochs = 2  # passes over the selected samples per stage
+    train.clip_range = 0.1  # epsilon, PPO ratio clip (original: train.eps)
+    train.adv_clip_max = 5.0  # advantages are clipped to [-adv_clip_max, adv_clip_max]
+    train.pos_weight = 1.0  # beta+, weight of samples with positive advantage (original: beta1)
+    train.neg_weight = 1.0  # beta-, weight of samples with negative advantage (original: beta2)
+    train.max_grad_norm = 1.0  # gradient-norm clip
+
+    return config

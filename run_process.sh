@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Backward progressive B2-DiffuRL: for every stage k, sample -> select -> train.
+#
+#   bash run_process.sh [CONFIG] [--config.key value ...]
+#
+# CONFIG defaults to config/stage_process.py; the extra flags go to every script. The stage
+# index is the only thing this loop decides: split step, seed, folders and the checkpoint to
+# resume from are derived from it by b2diffurl.stages.plan_stage. Each stage's output goes to
+# log/{exp_name}/stage{k}.log as well as the terminal. The loop stops at the first failure.
+# Set PYTHON to run the scripts with another interpreter.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+CONFIG=config/stage_process.py
+if [[ $# -gt 0 && $1 != -* ]]; then
+  CONFIG=$1
+  shift
+fi
+PYTHON=${PYTHON:-python}
+ARGS=(--config "$CONFIG" "$@")
+
+# Checks the config and that the models can be had, before anything runs.
+num_stages=$($PYTHON -m b2diffurl.plan "${ARGS[@]}" num_stages)
+log_dir=$($PYTHON -m b2diffurl.plan "${ARGS[@]}" log_dir)
+mkdir -p "$log_dir"
+$PYTHON -m b2diffurl.plan "${ARGS[@]}" | tee "$log_dir/plan.txt"
+
+run_started=$SECONDS
+for ((stage = 0; stage < num_stages; stage++)); do
+  stage_started=$SECONDS
+  log_file="$log_dir/stage$stage.log"
+  : >"$log_file"
+  for script in run_sample.py run_select.py run_train.py; do
+    echo "=== stage $stage/$num_stages: $script" | tee -a "$log_file"
+    $PYTHON "$script" "${ARGS[@]}" --config.stage "$stage" 2>&1 | tee -a "$log_file"
+  done
+  elapsed=$((SECONDS - run_started))
+  remaining=$((elapsed * (num_stages - stage - 1) / (stage + 1)))
+  echo "=== stage $stage done in $((SECONDS - stage_started))s; run ${elapsed}s, about ${remaining}s left" \
+    | tee -a "$log_file"
+done
+echo "=== all $num_stages stages done; metrics: $($PYTHON -m b2diffurl.plan "${ARGS[@]}" run_dir)/metrics.jsonl"

@@ -1,0 +1,21 @@
+"""Step 2 of a stage: reward, per-prompt normalisation, best/worst selection -> stage{k}/sample_stage.pkl
+
+    python run_select.py --config config/tiny.py --config.stage 0
+
+The stage index decides split step, seed, folders and the checkpoint to resume from
+(b2diffurl.stages.plan_stage). run_process.sh calls the three scripts for every stage.
+"""
+
+from absl import app
+
+from b2diffurl import cli, workflow
+from b2diffurl.logs import setup_logging
+
+
+def main(config) -> None:
+    setup_logging()
+    workflow.select_stage(config)
+
+
+if __name__ == "__main__":
+    app.run(cli.run_script(main))

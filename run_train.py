@@ -1,0 +1,21 @@
+"""Step 3 of a stage: clipped policy-gradient update of the LoRA -> stage{k}/checkpoints/
+
+    python run_train.py --config config/tiny.py --config.stage 0
+
+The stage index decides split step, seed, folders and the checkpoint to resume from
+(b2diffurl.stages.plan_stage). run_process.sh calls the three scripts for every stage.
+"""
+
+from absl import app
+
+from b2diffurl import cli, workflow
+from b2diffurl.logs import setup_logging
+
+
+def main(config) -> None:
+    setup_logging()
+    workflow.train_stage(config)
+
+
+if __name__ == "__main__":
+    app.run(cli.run_script(main))
