@@ -9,7 +9,8 @@ def select_best_worst(group_id: np.ndarray, advantages: np.ndarray, pos_threshol
                       neg_threshold: float) -> np.ndarray:
     """Indices (sorted) of, per group, the branch with the highest A if A >= ρ⁺ and the branch
     with the lowest A if A < ρ⁻. A group gives 0, 1 or 2 samples; non-finite A are ignored."""
-    assert pos_threshold >= neg_threshold, "a branch could be both best and worst"
+    if pos_threshold < neg_threshold:  # a branch could be selected as both best and worst
+        raise ValueError(f"pos_threshold {pos_threshold} < neg_threshold {neg_threshold}")
     chosen = []
     for group in np.unique(group_id):
         members = np.flatnonzero((group_id == group) & np.isfinite(advantages))

@@ -29,7 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.stages = stages = ml_collections.ConfigDict()
     stages.num_stages = 100  # N
     stages.split_step_min = 14  # s of stage 0
-    stages.split_step_max = 20  # s reached by the last stages (at most sample.num_steps)
+    stages.split_step_max = 20  # upper end of s (<= sample.num_steps); reached when num_stages >= max - min + 1
 
     # ---- base model ----
     config.pretrained = pretrained = ml_collections.ConfigDict()

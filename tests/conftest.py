@@ -1,0 +1,30 @@
+"""Shared fixtures: the tiny offline pipeline, built once per test session."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+
+import pytest  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A tiny SD-architecture pipeline saved as a diffusers folder."""
+    from b2diffurl.tiny import save_tiny_pipeline
+
+    return save_tiny_pipeline(str(tmp_path_factory.mktemp("models") / "tiny-sd"))
+
+
+@pytest.fixture()
+def tiny_config(tiny_model_dir, tmp_path):
+    """config/tiny.py pointing at the session's tiny model and a fresh run folder."""
+    from config import tiny
+
+    config = tiny.get_config()
+    config.pretrained.model = tiny_model_dir
+    config.pretrained.build_tiny = False
+    config.save_path = str(tmp_path / "runs")
+    config.log_dir = str(tmp_path / "log")
+    return config
