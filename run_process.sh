@@ -20,8 +20,8 @@ PYTHON=${PYTHON:-python}
 ARGS=(--config "$CONFIG" "$@")
 
 # Checks the config and that the models can be had, before anything runs.
-num_stages=$($PYTHON -m b2diffurl.plan "${ARGS[@]}" num_stages)
-log_dir=$($PYTHON -m b2diffurl.plan "${ARGS[@]}" log_dir)
+layout=$($PYTHON -m b2diffurl.plan "${ARGS[@]}" layout)
+read -r num_stages log_dir run_dir <<<"$layout"
 mkdir -p "$log_dir"
 $PYTHON -m b2diffurl.plan "${ARGS[@]}" | tee "$log_dir/plan.txt"
 
@@ -39,4 +39,5 @@ for ((stage = 0; stage < num_stages; stage++)); do
   echo "=== stage $stage done in $((SECONDS - stage_started))s; run ${elapsed}s, about ${remaining}s left" \
     | tee -a "$log_file"
 done
-echo "=== all $num_stages stages done; metrics: $($PYTHON -m b2diffurl.plan "${ARGS[@]}" run_dir)/metrics.jsonl"
+echo "=== all $num_stages stages done in $((SECONDS - run_started))s; outputs in $run_dir, metrics in $run_dir/metrics.jsonl"
+$PYTHON -m b2diffurl.summary "$run_dir" | tee "$log_dir/summary.txt"

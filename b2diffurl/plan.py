@@ -1,7 +1,7 @@
 """Print the stage plan of a config, or one field of it (run_process.sh reads these).
 
     python -m b2diffurl.plan --config config/tiny.py             # table of all stages
-    python -m b2diffurl.plan --config config/tiny.py num_stages   # one value
+    python -m b2diffurl.plan --config config/tiny.py layout       # "num_stages log_dir run_dir"
 """
 
 import sys
@@ -14,19 +14,15 @@ from b2diffurl.stages import plan_stage
 
 
 def main(config, field: str | None = None) -> None:
-    if field == "num_stages":
-        print(config.stages.num_stages)
-    elif field == "log_dir":
-        print(f"{config.log_dir}/{config.exp_name}")
-    elif field == "run_dir":
-        print(run_dir(config))
+    if field == "layout":
+        print(config.stages.num_stages, f"{config.log_dir}/{config.exp_name}", run_dir(config))
     elif field is None:
         print("stage split_step branch_point seed resume_from")
         for stage in range(config.stages.num_stages):
             plan = plan_stage(config, stage)
             print(plan.stage, plan.split_step, plan.branch_point, plan.seed, plan.resume_from or "-")
     else:
-        raise cli.UserError(f"unknown field {field!r}: num_stages, log_dir or run_dir")
+        raise cli.UserError(f"unknown argument {field!r}: the only one is layout")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,50 @@
+"""One line per stage from a run's metrics.jsonl: what a researcher checks first.
+
+    python -m b2diffurl.summary model/tiny
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+from b2diffurl.logs import read_metrics
+from b2diffurl.paths import METRICS_FILE
+
+
+def stage_table(records: list[dict]) -> list[dict]:
+    """Per stage (latest record of each event wins): split step, rewards, selection, training."""
+    stages: dict[int, dict] = {}
+    losses: dict[int, list[float]] = {}
+    kls: dict[int, list[float]] = {}
+    for record in records:
+        row = stages.setdefault(record["stage"], {"stage": record["stage"]})
+        row["split_step"] = record.get("split_step", row.get("split_step"))
+        if record["event"] == "select":
+            row.update(reward_mean=record["reward_mean"], reward_max=record["reward_max"],
+                       selected=f"{record['num_selected']}/{record['num_samples']}")
+        elif record["event"] == "optimizer_step":
+            losses.setdefault(record["stage"], []).append(record["loss"])
+            kls.setdefault(record["stage"], []).append(record["approx_kl"])
+        elif record["event"] == "train":
+            row["train"] = "skipped" if record.get("skipped") else f"{record['optimizer_steps']} steps"
+    for stage, row in stages.items():
+        if stage in losses:
+            row.update(loss=float(np.mean(losses[stage])), approx_kl=float(np.mean(kls[stage])))
+    return [stages[k] for k in sorted(stages)]
+
+
+def format_table(rows: list[dict]) -> str:
+    columns = ["stage", "split_step", "reward_mean", "reward_max", "selected", "train", "loss", "approx_kl"]
+    lines = ["  ".join(f"{c:>11}" for c in columns)]
+    for row in rows:
+        cells = [row.get(c, "-") for c in columns]
+        lines.append("  ".join(f"{c:>11.4g}" if isinstance(c, float) else f"{c!s:>11}" for c in cells))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    run = sys.argv[1] if len(sys.argv) > 1 else "model/tiny"
+    print(format_table(stage_table(read_metrics(os.path.join(run, METRICS_FILE)))))
