@@ -108,10 +108,9 @@ def clip_score(reward_config, device) -> Reward:
     @torch.no_grad()
     def reward(images: np.ndarray, prompts: list[str]) -> np.ndarray:
         inputs = processor(text=prompts, images=list(images), return_tensors="pt", padding=True, truncation=True)
-        inputs = {k: v.to(device) for k, v in inputs.items()}
-        image_embeds = model.get_image_features(pixel_values=inputs["pixel_values"])
-        text_embeds = model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-        similarity = torch.nn.functional.cosine_similarity(image_embeds, text_embeds, dim=-1)
+        outputs = model(**{k: v.to(device) for k, v in inputs.items()})
+        # image_embeds and text_embeds come out L2-normalised: their dot product is the cosine
+        similarity = (outputs.image_embeds * outputs.text_embeds).sum(dim=-1)
         return similarity.float().cpu().numpy()
 
     return reward

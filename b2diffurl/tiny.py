@@ -105,6 +105,29 @@ def build_tiny_pipeline(seed: int = 0, prompt_dir: str = PROMPT_DIR) -> StableDi
     )
 
 
+def save_tiny_clip(directory: str, tokenizer, seed: int = 0) -> str:
+    """A random-weight CLIPModel and CLIPProcessor (with `tokenizer`) saved to `directory`,
+    so that the `clip_score` reward's loading and scoring path runs offline."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    torch.manual_seed(seed)
+    model = CLIPModel(CLIPConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        ),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=IMAGE_SIZE, patch_size=8),
+        projection_dim=16,
+    ))
+    image_processor = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE},
+                                         crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    model.save_pretrained(directory)
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(directory)
+    return directory
+
+
 def save_tiny_pipeline(directory: str, seed: int = 0) -> str:
     """Build the tiny pipeline and save it to `directory` atomically (build aside, then rename)."""
     parent = os.path.dirname(os.path.abspath(directory))

@@ -1,0 +1,56 @@
+"""Prompt files and text embeddings."""
+
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from b2diffurl.cli import UserError
+from b2diffurl.prompts import choose_prompts, encode_prompts, load_prompts
+from conftest import REPO
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "config", "prompt", "*.json"))))
+def test_shipped_prompt_files_load(path):
+    assert len(load_prompts(path)) > 0
+
+
+def test_train_and_test_prompts_do_not_overlap():
+    for train in glob.glob(os.path.join(REPO, "config", "prompt", "*_train.json")):
+        test = train.replace("_train.json", "_test.json")
+        assert not set(load_prompts(train)) & set(load_prompts(test)), train
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[]", "non-empty JSON list"), ('{"a": 1}', "non-empty JSON list"), ('["ok", ""]', "not non-empty strings"),
+    ('["ok", 3]', "not non-empty strings"), ("[not json", "not valid JSON"),
+])
+def test_bad_prompt_files_are_user_errors(tmp_path, content, message):
+    path = tmp_path / "p.json"
+    path.write_text(content)
+    with pytest.raises(UserError, match=message):
+        load_prompts(str(path))
+    with pytest.raises(UserError, match="does not exist"):
+        load_prompts(str(tmp_path / "missing.json"))
+
+
+def test_choose_prompts_is_seeded():
+    prompts = [f"p{i}" for i in range(10)]
+    first = choose_prompts(prompts, 6, np.random.default_rng(3))
+    assert first == choose_prompts(prompts, 6, np.random.default_rng(3)) and set(first) <= set(prompts)
+
+
+def test_encode_prompts_pads_to_the_tokenizer_length_and_warns_on_truncation(tiny_model_dir, caplog):
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(f"{tiny_model_dir}/tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(f"{tiny_model_dir}/text_encoder")
+    embeds = encode_prompts(tokenizer, text_encoder, ["a red apple", "a blue plum"])
+    assert embeds.shape == (2, 77, 32)
+    assert not torch.allclose(embeds[0], embeds[1])
+    with caplog.at_level("WARNING"):
+        encode_prompts(tokenizer, text_encoder, [" ".join(["apple"] * 100)])
+    assert "truncated" in caplog.text

@@ -1,0 +1,93 @@
+"""The trainer moves the policy the way the advantages say, and the LoRA checkpoint round-trips."""
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from diffusers import StableDiffusionPipeline
+
+from b2diffurl.checkpoint import load_lora, save_checkpoint
+from b2diffurl.ddim import ddim_step_with_log_prob
+from b2diffurl.guidance import guided_noise
+from b2diffurl.pipeline import load_pipeline, lora_parameters
+from b2diffurl.prompts import encode_prompts
+from b2diffurl.sampler import sample_branches
+from b2diffurl.samples import subset
+from b2diffurl.trainer import TrainSettings, train_on_samples
+
+
+def _selected_record(pipe, advantages):
+    """Two groups x 2 branches, with the given advantage per branch sample."""
+    prompts = ["a red apple", "a blue plum"]
+    embeds = encode_prompts(pipe.tokenizer, pipe.text_encoder, prompts)
+    negative = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""])
+    out = sample_branches(pipe.unet, pipe.scheduler, embeds, negative, num_steps=6, branch_point=3, num_branches=2,
+                          eta=1.0, guidance_scale=5.0, latent_shape=(4, 8, 8),
+                          generator=torch.Generator().manual_seed(0))
+    record = {"prompts": [prompts[g] for g in out["group"].tolist()], "group_id": out["group"],
+              "branch_id": out["branch"], "timesteps": out["timesteps"], "latents": out["latents"],
+              "log_probs": out["log_probs"], "prompt_embeds": embeds, "negative_prompt_embeds": negative}
+    adv = torch.tensor(advantages, dtype=torch.float32)
+    return subset(record, torch.arange(4), advantages=adv, rewards=adv)
+
+
+def _log_probs(pipe, record):
+    rows = torch.arange(len(record["prompts"]))
+    embeds = record["prompt_embeds"][record["group_id"]]
+    out = []
+    with torch.no_grad():
+        for j in range(record["log_probs"].shape[1]):
+            x, t = record["latents"][:, j], record["timesteps"][:, j]
+            eps = guided_noise(pipe.unet, x, t, embeds[rows], record["negative_prompt_embeds"], 5.0)
+            out.append(ddim_step_with_log_prob(pipe.scheduler, eps, t, x, 1.0, prev_sample=record["latents"][:, j + 1])[1])
+    return torch.stack(out, dim=1)
+
+
+def test_training_raises_log_prob_of_good_and_lowers_it_for_bad_samples(tiny_config):
+    pipe = load_pipeline(tiny_config, torch.device("cpu"))
+    record = _selected_record(pipe, [1.0, -1.0, 1.0, -1.0])
+    before = record["log_probs"].clone()
+    settings = TrainSettings(num_steps=6, eta=1.0, guidance_scale=5.0, batch_size=2, gradient_accumulation_steps=1,
+                             num_epochs=3, clip_range=1.0, adv_clip_max=5.0, pos_weight=1.0, neg_weight=1.0,
+                             max_grad_norm=1.0)
+    params = lora_parameters(pipe.unet)
+    optimizer = torch.optim.AdamW(params, lr=3e-4)
+    seen = []
+    totals = train_on_samples(pipe.unet, pipe.scheduler, record, settings, Accelerator(cpu=True), optimizer,
+                              torch.Generator().manual_seed(0), seen.append)
+    assert totals == {"optimizer_steps": 6, "skipped_steps": 0} and len(seen) == 6
+    assert seen[0]["approx_kl"] < 1e-10  # first step: the policy is still π_old
+    assert all(np.isfinite(s["grad_norm"]) and s["grad_norm"] > 0 for s in seen)
+    change = (_log_probs(pipe, record) - before).mean(dim=1)
+    assert (change[[0, 2]] > 0).all() and (change[[1, 3]] < 0).all(), change
+
+
+def test_lora_checkpoint_loads_into_a_plain_diffusers_pipeline(tiny_config, tiny_model_dir, tmp_path):
+    pipe = load_pipeline(tiny_config, torch.device("cpu"))
+    with torch.no_grad():
+        for param in lora_parameters(pipe.unet):
+            param.add_(0.1 * torch.randn_like(param))
+    save_checkpoint(pipe.unet, str(tmp_path / "ckpt"))
+    x, t, text = torch.randn(1, 4, 8, 8), torch.tensor([500]), torch.randn(1, 77, 32)
+    with torch.no_grad():
+        expected = pipe.unet(x, t, encoder_hidden_states=text).sample
+        plain = StableDiffusionPipeline.from_pretrained(tiny_model_dir, safety_checker=None)
+        base = plain.unet(x, t, encoder_hidden_states=text).sample
+        plain.load_lora_weights(str(tmp_path / "ckpt"))
+        torch.testing.assert_close(plain.unet(x, t, encoder_hidden_states=text).sample, expected)
+        assert not torch.allclose(base, expected, atol=1e-4)
+        again = load_pipeline(tiny_config, torch.device("cpu"))
+        load_lora(again.unet, str(tmp_path / "ckpt"))
+        torch.testing.assert_close(again.unet(x, t, encoder_hidden_states=text).sample, expected)
+
+
+def test_a_checkpoint_with_non_finite_weights_is_never_written(tiny_config, tmp_path):
+    pipe = load_pipeline(tiny_config, torch.device("cpu"))
+    with torch.no_grad():
+        lora_parameters(pipe.unet)[0][0, 0] = float("nan")
+    try:
+        save_checkpoint(pipe.unet, str(tmp_path / "ckpt"))
+    except ValueError as error:
+        assert "non-finite" in str(error)
+    else:
+        raise AssertionError("a NaN LoRA was saved")
+    assert not (tmp_path / "ckpt").exists() and list(tmp_path.iterdir()) == []
