@@ -18,6 +18,13 @@ OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "training_state.json"
 
 
+def _adapter_metadata(unet) -> dict:
+    """The LoRA config (rank, alpha, targets) that diffusers stores beside the weights."""
+    metadata = unet.peft_config["default"].to_dict()
+    metadata["target_modules"] = sorted(metadata["target_modules"])  # a set: fix its order
+    return metadata
+
+
 def save_checkpoint(unet, directory: str, optimizer: torch.optim.Optimizer | None = None,
                     state: dict | None = None) -> None:
     """Write the UNet's LoRA (and optimiser state) to `directory`, atomically as a folder.
@@ -37,7 +44,7 @@ def save_checkpoint(unet, directory: str, optimizer: torch.optim.Optimizer | Non
     try:
         StableDiffusionPipeline.save_lora_weights(
             staging, unet_lora_layers=convert_state_dict_to_diffusers(lora),
-            unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
+            unet_lora_adapter_metadata=_adapter_metadata(unet),
         )
         if optimizer is not None:
             torch.save(optimizer.state_dict(), os.path.join(staging, OPTIMIZER_FILE))

@@ -82,10 +82,14 @@ def load_pipeline(config, device: torch.device, with_lora: bool = True):
         module.requires_grad_(False)
         module.to(device)
     if with_lora:
-        pipe.unet.add_adapter(LoraConfig(
-            r=config.lora.rank, lora_alpha=config.lora.alpha, init_lora_weights="gaussian",
-            target_modules=list(config.lora.target_modules),
-        ))
+        # A fresh LoRA starts as B = 0 (no effect) and A random; seeding A makes every process
+        # of a run build the same adapter, so runs repeat exactly. The global RNG is left alone.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            pipe.unet.add_adapter(LoraConfig(
+                r=config.lora.rank, lora_alpha=config.lora.alpha, init_lora_weights="gaussian",
+                target_modules=list(config.lora.target_modules),
+            ))
         for param in pipe.unet.parameters():  # fp16 Adam states diverge: LoRA trains in fp32
             if param.requires_grad:
                 param.data = param.data.to(torch.float32)
