@@ -40,6 +40,13 @@ def _accelerator(config):
     return Accelerator(mixed_precision=config.mixed_precision)
 
 
+def _peak_gpu_memory() -> dict:
+    """{"peak_gpu_memory_gb": ...} on CUDA, else {}."""
+    if not torch.cuda.is_available():
+        return {}
+    return {"peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 3)}
+
+
 def _load_policy(config, plan: StagePlan, device):
     """The pipeline with the LoRA this stage starts from (π_old)."""
     pipe = load_pipeline(config, device)
@@ -91,6 +98,7 @@ def sample_stage(config) -> None:
              config.sample.batch_size, config.num_branches)
 
     parts, batch_prompts_all, embeds_all, images_all = [], [], [], []
+    sampling_started = time.time()
     for batch in tqdm(range(config.sample.num_batches_per_stage), desc=f"stage {plan.stage} sample"):
         batch_prompts = choose_prompts(prompts, config.sample.batch_size, rng)
         prompt_embeds = encode_prompts(pipe.tokenizer, pipe.text_encoder, batch_prompts)
@@ -108,6 +116,7 @@ def sample_stage(config) -> None:
         batch_prompts_all += batch_prompts
         embeds_all.append(prompt_embeds.cpu())
 
+    sampling_seconds = time.time() - sampling_started
     group_id = torch.cat([p["group"] for p in parts])
     record = {
         "prompts": [batch_prompts_all[g] for g in group_id.tolist()],
@@ -131,7 +140,9 @@ def sample_stage(config) -> None:
     seconds = time.time() - started
     append_metrics(os.path.join(run_paths.run_dir(config), run_paths.METRICS_FILE), stage=plan.stage,
                    event="sample", split_step=plan.split_step, num_samples=len(record["prompts"]),
-                   num_groups=int(group_id.max()) + 1, seconds=round(seconds, 2))
+                   num_groups=int(group_id.max()) + 1, seconds=round(seconds, 2),
+                   sampling_seconds=round(sampling_seconds, 2),
+                   images_per_second=round(len(record["prompts"]) / sampling_seconds, 3), **_peak_gpu_memory())
     log.info("stage %d: %d branch samples written to %s in %.1fs", plan.stage, len(record["prompts"]),
              stage_paths.samples, seconds)
 
@@ -222,10 +233,12 @@ def train_stage(config) -> None:
         append_metrics(metrics_path, stage=plan.stage, event="optimizer_step", split_step=plan.split_step, **info)
 
     generator = torch.Generator().manual_seed(plan.seed)
+    training_started = time.time()
     totals = train_on_samples(unet, pipe.scheduler, samples, TrainSettings.from_config(config), accelerator,
                               optimizer, generator, on_optimizer_step)
     save_checkpoint(accelerator.unwrap_model(unet), stage_paths.checkpoint, optimizer, {**state, **totals})
     append_metrics(metrics_path, stage=plan.stage, event="train", split_step=plan.split_step,
-                   num_samples=num_samples, skipped=False, **totals)
+                   num_samples=num_samples, skipped=False, training_seconds=round(time.time() - training_started, 2),
+                   **totals, **_peak_gpu_memory())
     log.info("stage %d: %d optimiser steps (%d skipped), LoRA saved to %s", plan.stage, totals["optimizer_steps"],
              totals["skipped_steps"], stage_paths.checkpoint)
