@@ -75,12 +75,27 @@ def write_tokenizer_files(directory: str, words: list[str]) -> None:
         f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
 
 
+def make_tokenizer(prompt_dir: str = PROMPT_DIR) -> CLIPTokenizer:
+    """The project's small CLIP tokenizer (77 tokens, as SD's)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        write_tokenizer_files(tmp, _prompt_words(prompt_dir))
+        return CLIPTokenizer(vocab=os.path.join(tmp, "vocab.json"), merges=os.path.join(tmp, "merges.txt"),
+                             model_max_length=77)
+
+
+def assemble_pipeline(tokenizer, text_encoder, vae, unet) -> StableDiffusionPipeline:
+    """A StableDiffusionPipeline of these parts with SD v1.4's DDIM scheduler and no safety checker."""
+    return StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        scheduler=DDIMScheduler(**SD_SCHEDULER_CONFIG), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False,
+    )
+
+
 def build_tiny_pipeline(seed: int = 0, prompt_dir: str = PROMPT_DIR) -> StableDiffusionPipeline:
     """A randomly initialised SD-architecture pipeline, deterministic in `seed`."""
     torch.manual_seed(seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        write_tokenizer_files(tmp, _prompt_words(prompt_dir))
-        tokenizer = CLIPTokenizer(vocab=os.path.join(tmp, "vocab.json"), merges=os.path.join(tmp, "merges.txt"), model_max_length=77)
+    tokenizer = make_tokenizer(prompt_dir)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
@@ -98,11 +113,7 @@ def build_tiny_pipeline(seed: int = 0, prompt_dir: str = PROMPT_DIR) -> StableDi
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
     )
-    return StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-        scheduler=DDIMScheduler(**SD_SCHEDULER_CONFIG), safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False,
-    )
+    return assemble_pipeline(tokenizer, text_encoder, vae, unet)
 
 
 def save_tiny_clip(directory: str, tokenizer, seed: int = 0) -> str:

@@ -7,22 +7,18 @@ folder. Timings and memory on it are those of SD v1.4; images are noise.
     python tools/build_sd_random.py /tmp/sd-random
 """
 
-import os
 import sys
-import tempfile
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
 
-from b2diffurl.tiny import SD_SCHEDULER_CONFIG, _prompt_words, write_tokenizer_files
+from b2diffurl.tiny import assemble_pipeline, make_tokenizer
 
 
 def build(directory: str) -> None:
     torch.manual_seed(0)
-    with tempfile.TemporaryDirectory() as tmp:
-        write_tokenizer_files(tmp, _prompt_words(os.path.join(os.path.dirname(__file__), "..", "config", "prompt")))
-        tokenizer = CLIPTokenizer(vocab=f"{tmp}/vocab.json", merges=f"{tmp}/merges.txt", model_max_length=77)
+    tokenizer = make_tokenizer()
     text_encoder = CLIPTextModel(CLIPTextConfig(  # CLIP ViT-L/14 text tower, as SD v1.4 uses
         vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
         max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
@@ -36,11 +32,7 @@ def build(directory: str) -> None:
         sample_size=64, cross_attention_dim=768, attention_head_dim=8, layers_per_block=2,
         block_out_channels=(320, 640, 1280, 1280),
     )
-    pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-        scheduler=DDIMScheduler(**SD_SCHEDULER_CONFIG), safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False,
-    ).to(torch.float16)
+    pipe = assemble_pipeline(tokenizer, text_encoder, vae, unet).to(torch.float16)
     pipe.save_pretrained(directory)
     print(f"saved to {directory}: UNet {sum(p.numel() for p in unet.parameters()) / 1e6:.0f}M parameters")
 

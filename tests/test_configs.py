@@ -1,0 +1,63 @@
+"""The shipped configs are consistent, and the DDPO-style baseline preset is what it says."""
+
+import pytest
+import torch
+
+from b2diffurl.cli import UserError, check_config
+from b2diffurl.samples import load_samples
+from b2diffurl.stages import plan_stage
+from config import base, baseline, stage_process, tiny
+
+
+@pytest.mark.parametrize("module", [base, stage_process, baseline, tiny])
+def test_config_passes_the_checks_and_plans_every_stage(module):
+    config = module.get_config()
+    check_config(config)
+    plans = [plan_stage(config, k) for k in range(config.stages.num_stages)]
+    splits = [p.split_step for p in plans]
+    assert splits == sorted(splits) and splits[-1] <= config.sample.num_steps
+
+
+def test_reference_run_matches_the_paper_settings():
+    c = stage_process.get_config()
+    assert (c.sample.num_steps, c.stages.split_step_min, c.stages.split_step_max, c.stages.num_stages) == (20, 14, 20, 100)
+    assert (c.sample.batch_size, c.sample.num_batches_per_stage, c.num_branches, c.train.num_epochs) == (8, 32, 5, 2)
+    assert (c.train.learning_rate, c.train.gradient_accumulation_steps, c.eval.history_cnt) == (1e-4, 64, 8)
+    assert (c.mixed_precision, c.lora.rank, c.sample.guidance_scale, c.reward.name) == ("fp16", 4, 5.0, "clip_score")
+
+
+def test_baseline_is_ddpo_style_with_the_same_image_budget():
+    b, ref = baseline.get_config(), stage_process.get_config()
+    assert b.num_branches == 1 and b.eval.selection == "all"
+    assert all(plan_stage(b, k).split_step == 20 and plan_stage(b, k).branch_point == 0 for k in range(100))
+    images = lambda c: c.sample.batch_size * c.sample.num_batches_per_stage * c.num_branches
+    assert images(b) == images(ref)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("sample.eta", 0.0), ("num_branches", 0), ("sample.batch_size", 0), ("reward.name", "nope"),
+    ("eval.selection", "nope"), ("eval.pos_threshold", -1.0), ("stages.split_step_max", 30),
+    ("split_step", 0), ("mixed_precision", "fp8"), ("prompt_file", "config/prompt/missing.json"),
+])
+def test_bad_values_are_user_errors_naming_the_key(key, value):
+    config = tiny.get_config()
+    group, _, name = key.rpartition(".")
+    (config[group] if group else config)[name] = value
+    with pytest.raises(UserError, match=key.split(".")[-1]):
+        check_config(config)
+
+
+def test_baseline_stage_on_the_tiny_model_selects_every_sample(tiny_config):
+    from b2diffurl import workflow
+
+    tiny_config.num_branches = 1
+    tiny_config.stages.split_step_min = tiny_config.stages.split_step_max = tiny_config.sample.num_steps
+    tiny_config.eval.selection = "all"
+    workflow.sample_stage(tiny_config)
+    workflow.select_stage(tiny_config)
+    paths = plan_stage(tiny_config).paths
+    samples = load_samples(paths.samples)
+    selected = load_samples(paths.selected, selected=True)
+    assert samples["latents"].shape[1] == tiny_config.sample.num_steps + 1  # x_0 ... x_T: every step trained
+    assert len(selected["prompts"]) == len(samples["prompts"]) == 8
+    assert torch.equal(selected["group_id"], torch.arange(8))
