@@ -66,6 +66,7 @@ def _recompute(pipe, out, embeds, negative, rows, j):
 def test_recomputed_log_prob_under_unchanged_weights_gives_ratio_one(tiny_config):
     """What the trainer recomputes from the stored transition equals what the sampler stored."""
     pipe = load_pipeline(tiny_config, torch.device("cpu"))
+    torch.manual_seed(0)
     with torch.no_grad():  # a non-zero LoRA, so the adapter is part of the computation
         for param in pipe.unet.parameters():
             if param.requires_grad:
@@ -76,10 +77,10 @@ def test_recomputed_log_prob_under_unchanged_weights_gives_ratio_one(tiny_config
     for j in range(4):  # the same batch as sampling: bit for bit, ratio exactly 1
         log_prob = _recompute(pipe, out, embeds, negative, every, j)
         assert torch.equal(torch.exp(log_prob - out["log_probs"][:, j]), torch.ones(9))
-    for n in [0, 4, 8]:  # another batch composition: equal to float32 rounding
+    for n in [0, 4, 8]:  # another batch composition: equal up to float32 rounding of the UNet
         for j in range(4):
             log_prob = _recompute(pipe, out, embeds, negative, torch.tensor([n]), j)
-            torch.testing.assert_close(torch.exp(log_prob - out["log_probs"][n, j]), torch.ones(1), rtol=0, atol=1e-6)
+            torch.testing.assert_close(torch.exp(log_prob - out["log_probs"][n, j]), torch.ones(1), rtol=0, atol=1e-5)
 
 
 def test_without_branches_the_sampler_is_the_diffusers_pipeline(tiny_model_dir, tiny_config):
