@@ -6,8 +6,6 @@ The stage index decides split step, seed, folders and the checkpoint to resume f
 (b2diffurl.stages.plan_stage). run_process.sh calls the three scripts for every stage.
 """
 
-from absl import app
-
 from b2diffurl import cli, workflow
 from b2diffurl.logs import setup_logging
 
@@ -18,4 +16,4 @@ def main(config) -> None:
 
 
 if __name__ == "__main__":
-    app.run(cli.run_script(main))
+    cli.main(main)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
+from absl import app, flags
 from ml_collections import config_flags
 
 CONFIG = config_flags.DEFINE_config_file(
@@ -62,6 +63,11 @@ def run_script(body: Callable, positional: bool = False) -> Callable:
         if len(argv) > 1 and not positional:
             raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
         config = CONFIG.value
+        try:
+            config.to_dict()
+        except OSError as error:  # ml_collections reports a config file it could not load late
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            raise UserError(f"cannot load the config file: {lines[-1]}") from None
         check_config(config)
         from b2diffurl.pipeline import check_models_available
 
@@ -76,3 +82,21 @@ def run_script(body: Callable, positional: bool = False) -> Callable:
             sys.exit(2)
 
     return guarded
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing, with a bad flag or config key as one line and exit code 2."""
+    try:
+        return flags.FLAGS(argv)
+    except AttributeError as error:  # ml_collections: a key the config does not have
+        key = str(error).strip("\"'")
+        message = f"unknown config key {key!r} (config/base.py lists the keys)"
+    except (flags.Error, KeyError, TypeError, ValueError) as error:
+        message = str(error).splitlines()[0]
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(body: Callable, positional: bool = False) -> None:
+    """Entry point of a script: parse flags, check, run `body(config, ...)` (see run_script)."""
+    app.run(run_script(body, positional), flags_parser=_parse_flags)

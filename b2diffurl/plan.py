@@ -6,8 +6,6 @@
 
 import sys
 
-from absl import app
-
 from b2diffurl import cli
 from b2diffurl.paths import run_dir
 from b2diffurl.stages import plan_stage
@@ -26,4 +24,4 @@ def main(config, field: str | None = None) -> None:
 
 
 if __name__ == "__main__":
-    app.run(cli.run_script(main, positional=True))
+    cli.main(main, positional=True)
