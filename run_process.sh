@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Backward progressive B2-DiffuRL: for every stage k, sample -> select -> train.
 #
-#   bash run_process.sh [CONFIG] [--config.key value ...]
+#   bash run_process.sh [CONFIG | --config CONFIG] [--config.key value ...]
 #
 # CONFIG defaults to config/stage_process.py; the extra flags go to every script. The stage
 # index is the only thing this loop decides: split step, seed, folders and the checkpoint to
 # resume from are derived from it by b2diffurl.stages.plan_stage. Each stage's output goes to
 # log/{exp_name}/stage{k}.log as well as the terminal. The loop stops at the first failure.
+# Rerunning the same command continues after the last completed stage (one with a COMPLETE
+# marker); an interrupted stage is redone from its start, earlier stages are left untouched.
 # Set PYTHON to run the scripts with another interpreter.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -15,18 +17,26 @@ CONFIG=config/stage_process.py
 if [[ $# -gt 0 && $1 != -* ]]; then
   CONFIG=$1
   shift
+elif [[ $# -gt 1 && $1 == --config ]]; then
+  CONFIG=$2
+  shift 2
 fi
 PYTHON=${PYTHON:-python}
 ARGS=(--config "$CONFIG" "$@")
 
 # Checks the config and that the models can be had, before anything runs.
-layout=$($PYTHON -m b2diffurl.plan "${ARGS[@]}" layout)
-read -r num_stages log_dir run_dir <<<"$layout"
+plan=$($PYTHON -m b2diffurl.plan "${ARGS[@]}" layout)
+read -r first_stage num_stages log_dir run_dir <<<"${plan%%$'\n'*}"
 mkdir -p "$log_dir"
-$PYTHON -m b2diffurl.plan "${ARGS[@]}" | tee "$log_dir/plan.txt"
+echo "${plan#*$'\n'}" | tee "$log_dir/plan.txt"
+if ((first_stage >= num_stages)); then
+  echo "=== all $num_stages stages are complete already"
+elif ((first_stage > 0)); then
+  echo "=== stages 0..$((first_stage - 1)) are complete; continuing at stage $first_stage"
+fi
 
 run_started=$SECONDS
-for ((stage = 0; stage < num_stages; stage++)); do
+for ((stage = first_stage; stage < num_stages; stage++)); do
   stage_started=$SECONDS
   log_file="$log_dir/stage$stage.log"
   : >"$log_file"
@@ -35,9 +45,9 @@ for ((stage = 0; stage < num_stages; stage++)); do
     $PYTHON "$script" "${ARGS[@]}" --config.stage "$stage" 2>&1 | tee -a "$log_file"
   done
   elapsed=$((SECONDS - run_started))
-  remaining=$((elapsed * (num_stages - stage - 1) / (stage + 1)))
+  remaining=$((elapsed * (num_stages - stage - 1) / (stage + 1 - first_stage)))
   echo "=== stage $stage done in $((SECONDS - stage_started))s; run ${elapsed}s, about ${remaining}s left" \
     | tee -a "$log_file"
 done
-echo "=== all $num_stages stages done in $((SECONDS - run_started))s; outputs in $run_dir, metrics in $run_dir/metrics.jsonl"
+echo "=== all $num_stages stages done ($((SECONDS - run_started))s this time); outputs and stage{k}/metrics.jsonl in $run_dir"
 $PYTHON -m b2diffurl.summary "$run_dir" | tee "$log_dir/summary.txt"

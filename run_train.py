@@ -6,11 +6,13 @@ The stage index decides split step, seed, folders and the checkpoint to resume f
 (b2diffurl.stages.plan_stage). run_process.sh calls the three scripts for every stage.
 """
 
-from b2diffurl import cli, workflow
-from b2diffurl.logs import setup_logging
+from b2diffurl import cli
 
 
 def main(config) -> None:
+    from b2diffurl import workflow  # after the checks: bad input is refused before torch loads
+    from b2diffurl.logs import setup_logging
+
     setup_logging()
     workflow.train_stage(config)
 

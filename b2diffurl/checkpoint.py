@@ -18,6 +18,10 @@ OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "training_state.json"
 
 
+class NonFiniteWeightsError(RuntimeError):
+    """Training diverged: the LoRA holds NaN or inf, and is not saved."""
+
+
 def _adapter_metadata(unet) -> dict:
     """The LoRA config (rank, alpha, targets) that diffusers stores beside the weights."""
     metadata = unet.peft_config["default"].to_dict()
@@ -29,7 +33,7 @@ def save_checkpoint(unet, directory: str, optimizer: torch.optim.Optimizer | Non
                     state: dict | None = None) -> None:
     """Write the UNet's LoRA (and optimiser state) to `directory`, atomically as a folder.
 
-    Refuses (ValueError) to write non-finite weights."""
+    Refuses (NonFiniteWeightsError) to write non-finite weights."""
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
@@ -37,7 +41,8 @@ def save_checkpoint(unet, directory: str, optimizer: torch.optim.Optimizer | Non
     lora = get_peft_model_state_dict(unet)
     bad = [name for name, tensor in lora.items() if not torch.isfinite(tensor).all()]
     if bad:
-        raise ValueError(f"refusing to save a LoRA with non-finite weights in {bad[:3]}")
+        raise NonFiniteWeightsError(f"the LoRA has non-finite weights (in {bad[0]} and {len(bad) - 1} more "
+                                    "tensors); not saving it: lower train.learning_rate or check the rewards")
     parent = os.path.dirname(os.path.abspath(directory))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".tmp-checkpoint-", dir=parent)

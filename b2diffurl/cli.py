@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable
 
@@ -16,6 +17,11 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 
 class UserError(Exception):
     """A problem the user can fix (bad config, missing model or file): one line, exit code 2."""
+
+
+# Errors a script reports as one line (no traceback), by class name, with their exit codes;
+# named rather than imported so that the checks run before torch is imported.
+ONE_LINE_ERRORS = {"UserError": 2, "SampleFileError": 2, "NonFiniteWeightsError": 1}
 
 
 def _require(condition: bool, key: str, allowed: str, value) -> None:
@@ -52,12 +58,15 @@ def check_config(config) -> None:
              config.reward.name)
     _require(config.eval.selection in selection.SELECTIONS, "eval.selection",
              ", ".join(sorted(selection.SELECTIONS)), config.eval.selection)
+    _require(not config.resume_from or os.path.isdir(config.resume_from), "resume_from",
+             "'' (a new LoRA) or an existing checkpoint folder", config.resume_from)
     prompts.load_prompts(config.prompt_file)  # raises UserError naming the file
 
 
 def run_script(body: Callable, positional: bool = False) -> Callable:
     """absl main for a script: check the config and that the models can be had, then run
-    `body(config, *args)`; a UserError becomes one line on stderr and exit code 2."""
+    `body(config, *args)`. A UserError or a bad sample file becomes one line on stderr and exit
+    code 2; a diverged LoRA one line and exit code 1."""
 
     def main(argv):
         if len(argv) > 1 and not positional:
@@ -69,7 +78,7 @@ def run_script(body: Callable, positional: bool = False) -> Callable:
             lines = [line.strip() for line in str(error).splitlines() if line.strip()]
             raise UserError(f"cannot load the config file: {lines[-1]}") from None
         check_config(config)
-        from b2diffurl.pipeline import check_models_available
+        from b2diffurl.hub import check_models_available
 
         check_models_available(config)
         body(config, *argv[1:])
@@ -77,9 +86,12 @@ def run_script(body: Callable, positional: bool = False) -> Callable:
     def guarded(argv):
         try:
             main(argv)
-        except UserError as error:
+        except Exception as error:
+            code = ONE_LINE_ERRORS.get(type(error).__name__)
+            if code is None:
+                raise
             print(f"error: {error}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(code)
 
     return guarded
 

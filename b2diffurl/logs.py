@@ -54,3 +54,15 @@ def read_metrics(path: str) -> list[dict]:
     """Every record of a metrics file, in order."""
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def read_run_metrics(run: str) -> list[dict]:
+    """Every record of every stage of a run (stage{k}/metrics.jsonl), in stage order."""
+    from b2diffurl.paths import METRICS_FILE, stage_dirs
+
+    records = []
+    for _, folder in stage_dirs(run):
+        path = os.path.join(folder, METRICS_FILE)
+        if os.path.exists(path):
+            records += read_metrics(path)
+    return records

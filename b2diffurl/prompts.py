@@ -6,7 +6,6 @@ import json
 import logging
 
 import numpy as np
-import torch
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +34,7 @@ def choose_prompts(prompts: list[str], count: int, rng: np.random.Generator) -> 
     return [prompts[i] for i in rng.integers(0, len(prompts), size=count)]
 
 
-@torch.no_grad()
-def encode_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
+def encode_prompts(tokenizer, text_encoder, prompts: list[str]):
     """CLIP text embeddings [N, L, D] of `prompts`, padded to the tokenizer's max length."""
     tokens = tokenizer(
         prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
@@ -46,4 +44,7 @@ def encode_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
     for prompt, length in zip(prompts, lengths):
         if length > tokenizer.model_max_length:
             log.warning("prompt truncated to %d tokens: %r", tokenizer.model_max_length, prompt)
-    return text_encoder(tokens.input_ids.to(text_encoder.device))[0]
+    import torch
+
+    with torch.no_grad():
+        return text_encoder(tokens.input_ids.to(text_encoder.device))[0]

@@ -12,7 +12,6 @@ import re
 from typing import Callable
 
 import numpy as np
-import torch
 from PIL import Image
 
 Reward = Callable[[np.ndarray, list[str]], np.ndarray]
@@ -29,7 +28,7 @@ def register(name: str):
     return add
 
 
-def build_reward(reward_config, device: torch.device | str = "cpu") -> Reward:
+def build_reward(reward_config, device="cpu") -> Reward:
     """The reward named by `reward_config.name`, with its model loaded."""
     return REWARDS[reward_config.name](reward_config, device)
 
@@ -97,9 +96,10 @@ def clip_score(reward_config, device) -> Reward:
 
     reward_config.model: hub id or local folder (default laion/CLIP-ViT-H-14-laion2B-s32B-b79K).
     """
+    import torch
     from transformers import CLIPModel, CLIPProcessor
 
-    from b2diffurl.pipeline import locate_model
+    from b2diffurl.hub import locate_model
 
     path = locate_model(reward_config.model, what="reward.model")
     model = CLIPModel.from_pretrained(path).to(device).eval()

@@ -18,10 +18,9 @@ torch.load(weights_only=True) only: a sample file cannot run code.
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 import torch
+
+from b2diffurl.files import atomic_torch_save
 
 FORMAT_VERSION = 1
 PER_SAMPLE = ("group_id", "branch_id", "timesteps", "latents", "log_probs")
@@ -32,23 +31,6 @@ META_KEYS = ("num_steps", "split_step", "branch_point", "num_branches", "eta", "
 
 class SampleFileError(ValueError):
     """A sample file that is not what this version writes or what the config expects."""
-
-
-def atomic_torch_save(obj, path: str) -> None:
-    """torch.save to a temporary file in the same folder, then rename over `path`."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def validate(record: dict, selected: bool = False) -> None:

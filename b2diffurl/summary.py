@@ -1,17 +1,15 @@
-"""One line per stage from a run's metrics.jsonl: what a researcher checks first.
+"""One line per stage from a run's stage{k}/metrics.jsonl files: what a researcher checks first.
 
     python -m b2diffurl.summary model/tiny
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
 import numpy as np
 
-from b2diffurl.logs import read_metrics
-from b2diffurl.paths import METRICS_FILE
+from b2diffurl.logs import read_run_metrics
 
 
 def stage_table(records: list[dict]) -> list[dict]:
@@ -47,4 +45,4 @@ def format_table(rows: list[dict]) -> str:
 
 if __name__ == "__main__":
     run = sys.argv[1] if len(sys.argv) > 1 else "model/tiny"
-    print(format_table(stage_table(read_metrics(os.path.join(run, METRICS_FILE)))))
+    print(format_table(stage_table(read_run_metrics(run))))

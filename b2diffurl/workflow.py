@@ -5,9 +5,9 @@ Each reads the config, derives its stage plan, does its one job and writes its f
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import shutil
 import time
 
 import numpy as np
@@ -15,14 +15,17 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from b2diffurl import paths as run_paths
 from b2diffurl.checkpoint import load_lora, load_optimizer_state, save_checkpoint
+from b2diffurl.cli import UserError
+from b2diffurl.files import atomic_torch_save, atomic_write, atomic_write_json, read_json
 from b2diffurl.logs import append_metrics
+from b2diffurl.paths import StagePaths, image_name
 from b2diffurl.pipeline import load_pipeline, lora_parameters
 from b2diffurl.prompts import choose_prompts, encode_prompts, load_prompts
 from b2diffurl.rewards import build_reward, score_images
+from b2diffurl.resume import check_continuation
 from b2diffurl.sampler import sample_branches
-from b2diffurl.samples import FORMAT_VERSION, atomic_torch_save, load_samples, save_samples, subset
+from b2diffurl.samples import FORMAT_VERSION, load_samples, save_samples, subset
 from b2diffurl.selection import SELECTIONS
 from b2diffurl.stages import StagePlan, plan_stage
 from b2diffurl.stats import new_history, normalise, record_stage
@@ -49,15 +52,26 @@ def _peak_gpu_memory() -> dict:
 
 def _load_policy(config, plan: StagePlan, device):
     """The pipeline with the LoRA this stage starts from (π_old)."""
+    if plan.stage > 0 and not StagePaths.of(config, plan.stage - 1).is_complete():
+        raise UserError(f"stage {plan.stage - 1} is not complete, so stage {plan.stage} has no LoRA to start "
+                        "from; run_process.sh resumes at the first incomplete stage")
+    if plan.resume_from and not os.path.isdir(plan.resume_from):
+        raise UserError(f"stage {plan.stage} resumes from {plan.resume_from}, which does not exist")
     pipe = load_pipeline(config, device)
     if plan.resume_from:
-        if not os.path.isdir(plan.resume_from):
-            from b2diffurl.cli import UserError
-
-            raise UserError(f"stage {plan.stage} resumes from {plan.resume_from}, which does not exist")
         load_lora(pipe.unet, plan.resume_from)
         log.info("LoRA loaded from %s", plan.resume_from)
     return pipe
+
+
+def _begin(config) -> StagePlan | None:
+    """Start of every script: the plan, the continuation check; None for a complete stage."""
+    plan = plan_stage(config)
+    check_continuation(config)
+    if plan.paths.is_complete():
+        log.info("stage %d is complete (%s exists); nothing to do", plan.stage, plan.paths.complete_marker)
+        return None
+    return plan
 
 
 def stage_meta(config, plan: StagePlan) -> dict:
@@ -83,7 +97,12 @@ def decode_images(vae, latents: torch.Tensor, chunk_size: int) -> torch.Tensor:
 
 def sample_stage(config) -> None:
     """Branch-based sampling of one stage -> sample.pkl, images.pt and PNGs."""
-    plan = plan_stage(config)
+    plan = _begin(config)
+    if plan is None:
+        return
+    if os.path.isdir(plan.paths.root):  # left by an interrupted attempt: redo the stage from its start
+        log.warning("stage %d was interrupted; clearing %s and redoing it", plan.stage, plan.paths.root)
+        shutil.rmtree(plan.paths.root)
     accelerator = _accelerator(config)
     device = accelerator.device
     started = time.time()
@@ -134,12 +153,12 @@ def sample_stage(config) -> None:
     if config.sample.save_png:
         os.makedirs(stage_paths.image_dir, exist_ok=True)
         for image, group, branch in zip(images.numpy(), record["group_id"].tolist(), record["branch_id"].tolist()):
-            Image.fromarray(image).save(os.path.join(stage_paths.image_dir, run_paths.image_name(group, branch)))
+            atomic_write(os.path.join(stage_paths.image_dir, image_name(group, branch)),
+                         lambda f, image=image: Image.fromarray(image).save(f, format="PNG"))
     atomic_torch_save(images, stage_paths.images)
     save_samples(record, stage_paths.samples)  # last: its presence means the step finished
     seconds = time.time() - started
-    append_metrics(os.path.join(run_paths.run_dir(config), run_paths.METRICS_FILE), stage=plan.stage,
-                   event="sample", split_step=plan.split_step, num_samples=len(record["prompts"]),
+    append_metrics(stage_paths.metrics, stage=plan.stage, event="sample", split_step=plan.split_step, num_samples=len(record["prompts"]),
                    num_groups=int(group_id.max()) + 1, seconds=round(seconds, 2),
                    sampling_seconds=round(sampling_seconds, 2),
                    images_per_second=round(len(record["prompts"]) / sampling_seconds, 3), **_peak_gpu_memory())
@@ -147,27 +166,19 @@ def sample_stage(config) -> None:
              stage_paths.samples, seconds)
 
 
-def _read_history(path: str, history_cnt: int) -> dict:
-    if not os.path.exists(path):
-        return new_history(history_cnt)
-    with open(path) as f:
-        history = json.load(f)
-    history["history_cnt"] = history_cnt
-    return history
-
-
-def _write_json_atomic(obj, path: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _previous_history(config, plan: StagePlan) -> dict:
+    """The per-prompt history as the previous stage left it (empty for the first stage)."""
+    previous = StagePaths.of(config, plan.stage - 1).history if plan.stage > 0 else None
+    if previous is None or not os.path.exists(previous):
+        return new_history(config.eval.history_cnt)
+    return {**read_json(previous), "history_cnt": config.eval.history_cnt}
 
 
 def select_stage(config) -> None:
-    """Score every branch image, normalise per prompt, select -> sample_stage.pkl, history."""
-    plan = plan_stage(config)
+    """Score every branch image, normalise per prompt, select -> sample_stage.pkl, history.json."""
+    plan = _begin(config)
+    if plan is None:
+        return
     stage_paths = plan.paths
     record = load_samples(stage_paths.samples, expect=stage_meta(config, plan))
     images = torch.load(stage_paths.images, weights_only=True).numpy()
@@ -175,37 +186,38 @@ def select_stage(config) -> None:
         raise ValueError(f"{stage_paths.images} holds {len(images)} images for {len(record['prompts'])} samples")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     reward = build_reward(config.reward, device)
+    log.info("stage %d: scoring %d images with %s", plan.stage, len(images), config.reward.name)
     scores = score_images(reward, images, record["prompts"], config.reward.batch_size)
     finite = np.isfinite(scores)
     if not finite.all():
         log.warning("stage %d: %d non-finite rewards dropped", plan.stage, int((~finite).sum()))
 
-    history_path = os.path.join(run_paths.run_dir(config), run_paths.HISTORY_FILE)
-    history = record_stage(_read_history(history_path, config.eval.history_cnt), plan.stage, record["prompts"],
-                           scores.tolist())
+    history = record_stage(_previous_history(config, plan), plan.stage, record["prompts"], scores.tolist())
     advantages = normalise(history, record["prompts"], scores.tolist())
     select = SELECTIONS[config.eval.selection]
     chosen = select(record["group_id"].numpy(), advantages, config.eval.pos_threshold, config.eval.neg_threshold)
     selected = subset(record, torch.from_numpy(chosen),
                       advantages=torch.from_numpy(advantages[chosen]).float(),
                       rewards=torch.from_numpy(scores[chosen]).float())
+    atomic_write_json(history, stage_paths.history)
     save_samples(selected, stage_paths.selected, selected=True)
-    _write_json_atomic(history, history_path)
 
     positive = int((advantages[chosen] > 0).sum())
-    append_metrics(os.path.join(run_paths.run_dir(config), run_paths.METRICS_FILE), stage=plan.stage,
-                   event="select", split_step=plan.split_step, reward_mean=float(scores[finite].mean()),
-                   reward_std=float(scores[finite].std()), reward_max=float(scores[finite].max()),
-                   reward_min=float(scores[finite].min()), num_samples=len(scores), num_selected=len(chosen),
+    finite_scores = scores[finite] if finite.any() else np.full(1, np.nan)
+    append_metrics(stage_paths.metrics, stage=plan.stage, event="select", split_step=plan.split_step,
+                   reward_mean=finite_scores.mean(), reward_std=finite_scores.std(), reward_max=finite_scores.max(),
+                   reward_min=finite_scores.min(), num_samples=len(scores), num_selected=len(chosen),
                    num_positive=positive, num_negative=len(chosen) - positive,
                    num_nonfinite_rewards=int((~finite).sum()))
-    log.info("stage %d: reward mean %.4f, selected %d of %d (%d positive)", plan.stage, scores[finite].mean(),
+    log.info("stage %d: reward mean %.4f, selected %d of %d (%d positive)", plan.stage, finite_scores.mean(),
              len(chosen), len(scores), positive)
 
 
 def train_stage(config) -> None:
-    """The LoRA policy-gradient update over the selected samples -> checkpoints/."""
-    plan = plan_stage(config)
+    """The LoRA policy-gradient update over the selected samples -> checkpoints/, then COMPLETE."""
+    plan = _begin(config)
+    if plan is None:
+        return
     stage_paths = plan.paths
     samples = load_samples(stage_paths.selected, selected=True, expect=stage_meta(config, plan))
     accelerator = _accelerator(config)
@@ -215,16 +227,17 @@ def train_stage(config) -> None:
                                   weight_decay=t.adam_weight_decay, eps=t.adam_epsilon)
     if plan.resume_from and load_optimizer_state(optimizer, plan.resume_from):
         log.info("optimiser state restored from %s", plan.resume_from)
-    metrics_path = os.path.join(run_paths.run_dir(config), run_paths.METRICS_FILE)
+    metrics_path = stage_paths.metrics
     num_samples = len(samples["prompts"])
-    state = {"stage": plan.stage, "split_step": plan.split_step, "num_samples": num_samples,
-             "config": config.to_dict()}
+    state = {"stage": plan.stage, "split_step": plan.split_step, "num_samples": num_samples}
     if num_samples == 0:
         log.warning("stage %d: no sample passed the thresholds; training skipped, LoRA carried forward",
                     plan.stage)
-        save_checkpoint(pipe.unet, stage_paths.checkpoint, optimizer, {**state, "skipped": True})
+        state["skipped"] = True
+        save_checkpoint(pipe.unet, stage_paths.checkpoint, optimizer, {**state, "config": config.to_dict()})
         append_metrics(metrics_path, stage=plan.stage, event="train", split_step=plan.split_step, num_samples=0,
                        skipped=True, reason="no selected samples")
+        _mark_complete(stage_paths, state)
         return
 
     unet, optimizer = accelerator.prepare(pipe.unet, optimizer)
@@ -233,12 +246,21 @@ def train_stage(config) -> None:
         append_metrics(metrics_path, stage=plan.stage, event="optimizer_step", split_step=plan.split_step, **info)
 
     generator = torch.Generator().manual_seed(plan.seed)
+    log.info("stage %d: training on %d selected samples x %d steps", plan.stage, num_samples, plan.split_step)
     training_started = time.time()
     totals = train_on_samples(unet, pipe.scheduler, samples, TrainSettings.from_config(config), accelerator,
                               optimizer, generator, on_optimizer_step)
-    save_checkpoint(accelerator.unwrap_model(unet), stage_paths.checkpoint, optimizer, {**state, **totals})
+    state.update(totals, skipped=False)
+    save_checkpoint(accelerator.unwrap_model(unet), stage_paths.checkpoint, optimizer,
+                    {**state, "config": config.to_dict()})
     append_metrics(metrics_path, stage=plan.stage, event="train", split_step=plan.split_step,
                    num_samples=num_samples, skipped=False, training_seconds=round(time.time() - training_started, 2),
                    **totals, **_peak_gpu_memory())
+    _mark_complete(stage_paths, state)
     log.info("stage %d: %d optimiser steps (%d skipped), LoRA saved to %s", plan.stage, totals["optimizer_steps"],
              totals["skipped_steps"], stage_paths.checkpoint)
+
+
+def _mark_complete(stage_paths: StagePaths, state: dict) -> None:
+    """The completion marker, written last: its presence means every file of the stage is final."""
+    atomic_write_json(state, stage_paths.complete_marker)

@@ -5,8 +5,8 @@ import os
 import pytest
 import torch
 
-from b2diffurl.samples import (FORMAT_VERSION, META_KEYS, SampleFileError, atomic_torch_save,
-                               load_samples, save_samples, subset)
+from b2diffurl.files import atomic_torch_save
+from b2diffurl.samples import FORMAT_VERSION, META_KEYS, SampleFileError, load_samples, save_samples, subset
 
 CALLS = []
 

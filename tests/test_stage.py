@@ -1,6 +1,5 @@
 """Whole stages through the three scripts, run as a user runs them (subprocesses, tiny config)."""
 
-import json
 import os
 import subprocess
 import sys
@@ -9,6 +8,7 @@ import time
 import torch
 from safetensors.torch import load_file
 
+from b2diffurl.logs import read_run_metrics
 from b2diffurl.samples import load_samples
 from conftest import REPO
 
@@ -27,8 +27,7 @@ def _flags(config, stage, *extra):
 
 
 def _metrics(run_dir):
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
+    return read_run_metrics(run_dir)
 
 
 def test_two_stages_through_the_three_scripts(tiny_config):
@@ -43,6 +42,7 @@ def test_two_stages_through_the_three_scripts(tiny_config):
     assert len(os.listdir(os.path.join(stage0, "images"))) == n
     selected = load_samples(os.path.join(stage0, "sample_stage.pkl"), selected=True)
     assert 0 < len(selected["prompts"]) <= 2 * n // tiny_config.num_branches
+    assert os.path.exists(os.path.join(stage0, "COMPLETE")) and os.path.exists(os.path.join(stage0, "history.json"))
     lora0 = load_file(os.path.join(stage0, "checkpoints", "pytorch_lora_weights.safetensors"))
     events = [m["event"] for m in _metrics(run_dir)]
     assert events[:2] == ["sample", "select"] and "optimizer_step" in events and events[-1] == "train"

@@ -1,11 +1,12 @@
 """The trainer moves the policy the way the advantages say, and the LoRA checkpoint round-trips."""
 
 import numpy as np
+import pytest
 import torch
 from accelerate import Accelerator
 from diffusers import StableDiffusionPipeline
 
-from b2diffurl.checkpoint import load_lora, save_checkpoint
+from b2diffurl.checkpoint import NonFiniteWeightsError, load_lora, save_checkpoint
 from b2diffurl.ddim import ddim_step_with_log_prob
 from b2diffurl.guidance import guided_noise
 from b2diffurl.pipeline import load_pipeline, lora_parameters
@@ -84,10 +85,21 @@ def test_a_checkpoint_with_non_finite_weights_is_never_written(tiny_config, tmp_
     pipe = load_pipeline(tiny_config, torch.device("cpu"))
     with torch.no_grad():
         lora_parameters(pipe.unet)[0][0, 0] = float("nan")
-    try:
+    with pytest.raises(NonFiniteWeightsError, match="non-finite"):
         save_checkpoint(pipe.unet, str(tmp_path / "ckpt"))
-    except ValueError as error:
-        assert "non-finite" in str(error)
-    else:
-        raise AssertionError("a NaN LoRA was saved")
     assert not (tmp_path / "ckpt").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_non_finite_loss_skips_the_optimiser_step_and_is_counted(tiny_config):
+    pipe = load_pipeline(tiny_config, torch.device("cpu"))
+    record = _selected_record(pipe, [1.0, float("nan"), 1.0, -1.0])  # one NaN advantage poisons its batch
+    settings = TrainSettings(num_steps=6, eta=1.0, guidance_scale=5.0, batch_size=4, gradient_accumulation_steps=1,
+                             num_epochs=2, clip_range=0.1, adv_clip_max=5.0, pos_weight=1.0, neg_weight=1.0,
+                             max_grad_norm=1.0)
+    params = lora_parameters(pipe.unet)
+    before = [p.detach().clone() for p in params]
+    seen = []
+    totals = train_on_samples(pipe.unet, pipe.scheduler, record, settings, Accelerator(cpu=True),
+                              torch.optim.AdamW(params, lr=1e-3), torch.Generator().manual_seed(0), seen.append)
+    assert totals == {"optimizer_steps": 2, "skipped_steps": 2} and all(s["skipped"] for s in seen)
+    assert all(torch.equal(a, b) for a, b in zip(before, params))  # no NaN reached the weights

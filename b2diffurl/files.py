@@ -1,0 +1,45 @@
+"""Atomic file writes: write to a temporary name in the same folder, fsync, rename over the target.
+
+A reader (or a resumed run) sees the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import IO, Callable
+
+
+def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
+    """Call `write(f)` on a temporary binary file, then rename it to `path`."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(handle, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_torch_save(obj, path: str) -> None:
+    """torch.save `obj` to `path` atomically."""
+    import torch
+
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_json(obj, path: str) -> None:
+    """JSON-dump `obj` to `path` atomically."""
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1, sort_keys=True).encode()))
+
+
+def read_json(path: str):
+    with open(path) as f:
+        return json.load(f)

@@ -1,0 +1,198 @@
+"""Real faults: jobs killed with SIGKILL partway and resumed, bad input, bad data, non-finite numbers."""
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from b2diffurl import rewards, workflow
+from b2diffurl.logs import read_run_metrics
+from b2diffurl.samples import load_samples
+from b2diffurl.stages import plan_stage
+from conftest import REPO
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _flags(config, *extra):
+    return ["--config", "config/tiny.py", "--config.pretrained.model", config.pretrained.model,
+            "--config.pretrained.build_tiny=False", "--config.save_path", config.save_path,
+            "--config.log_dir", config.log_dir, "--config.stages.num_stages", "2", *extra]
+
+
+def _tree_digest(folder):
+    """{relative path: sha256} of every file below `folder`."""
+    digests = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                digests[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
+    return digests
+
+
+def _run_until_killed(command, should_kill, timeout=300):
+    """Run `command` in its own process group; SIGKILL the group once should_kill(output) holds.
+    Returns the output; fails if the command finished before it was killed."""
+    process = subprocess.Popen(command, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    output = []
+    reader = threading.Thread(target=lambda: output.extend(iter(lambda: process.stdout.read(64), b"")), daemon=True)
+    reader.start()
+    deadline = time.time() + timeout
+    while process.poll() is None and time.time() < deadline:
+        if should_kill(b"".join(output).decode(errors="replace")):
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            return b"".join(output).decode(errors="replace")
+        time.sleep(0.02)
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+    raise AssertionError("the command ended before the fault: " + b"".join(output).decode(errors="replace")[-2000:])
+
+
+def _comparable(records):
+    """Metrics without wall-clock fields."""
+    return [{k: v for k, v in r.items() if k not in ("time", "seconds", "sampling_seconds", "images_per_second",
+                                                        "training_seconds")} for r in records]
+
+
+def _assert_same_tensors(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], torch.Tensor):
+            assert torch.equal(a[key], b[key]), key
+        else:
+            assert a[key] == b[key], key
+
+
+def test_killed_scripts_resume_to_the_uninterrupted_result(tiny_config, tmp_path):
+    # The uninterrupted run, in this process (the same library code the scripts call).
+    reference = tiny_config.copy_and_resolve_references()
+    reference.save_path = str(tmp_path / "reference")
+    reference.stages.num_stages = 2
+    for stage in range(2):
+        reference.stage = stage
+        workflow.sample_stage(reference)
+        workflow.select_stage(reference)
+        workflow.train_stage(reference)
+
+    process = ["bash", "run_process.sh", *_flags(tiny_config)]
+    run = os.path.join(tiny_config.save_path, "tiny")
+    stage1 = os.path.join(run, "stage1")
+    # Fault 1: killed while sampling stage 1 (after stage 0 completed).
+    _run_until_killed(process, lambda out: "stage 1: split step" in out)
+    stage0_files = _tree_digest(os.path.join(run, "stage0"))
+    assert os.path.exists(os.path.join(run, "stage0", "COMPLETE"))
+    # Fault 2: the rerun continues at stage 1 and is killed while selecting.
+    _run_until_killed(process, lambda out: "stage 1: scoring" in out)
+    assert os.path.exists(os.path.join(stage1, "sample.pkl")) and not os.path.exists(os.path.join(stage1, "COMPLETE"))
+    # Fault 3: killed while training, after some optimiser steps were logged.
+    metrics1 = os.path.join(stage1, "metrics.jsonl")
+    _run_until_killed(process, lambda out: os.path.exists(metrics1) and "optimizer_step" in open(metrics1).read())
+    assert not os.path.exists(os.path.join(stage1, "COMPLETE"))
+    # The last rerun finishes.
+    result = subprocess.run(process, cwd=REPO, env=ENV, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "continuing at stage 1" in result.stdout
+
+    assert _tree_digest(os.path.join(run, "stage0")) == stage0_files  # earlier stages never touched
+    ref_run = os.path.join(reference.save_path, "tiny")
+    for stage in ("stage0", "stage1"):
+        for name in ("sample.pkl", "sample_stage.pkl"):
+            _assert_same_tensors(torch.load(os.path.join(run, stage, name), weights_only=True),
+                                 torch.load(os.path.join(ref_run, stage, name), weights_only=True))
+        lora = "checkpoints/pytorch_lora_weights.safetensors"
+        _assert_same_tensors(load_file(os.path.join(run, stage, lora)), load_file(os.path.join(ref_run, stage, lora)))
+        for name in ("history.json", "images.pt", "COMPLETE"):
+            with open(os.path.join(run, stage, name), "rb") as f, open(os.path.join(ref_run, stage, name), "rb") as g:
+                assert f.read() == g.read(), (stage, name)
+    assert _comparable(read_run_metrics(run)) == _comparable(read_run_metrics(ref_run))
+
+
+BAD_INPUTS = [  # (flags, text the one error line must contain)
+    (["--config.split_step", "11"], "split_step"),
+    (["--config.stages.split_step_min", "8", "--config.stages.split_step_max", "4"], "split_step_min"),
+    (["--config.num_branches", "0"], "num_branches"),
+    (["--config.sample.eta", "0"], "sample.eta"),
+    (["--config.sample.eta", "-1"], "sample.eta"),
+    (["--config.eval.pos_threshold", "-0.8"], "pos_threshold"),
+    (["--config.sample.batch_size", "0"], "sample.batch_size"),
+    (["--config.train.batch_size", "0"], "train.batch_size"),
+    (["--config.reward.name", "beauty"], "reward.name"),
+    (["--config.prompt_file", "PROMPTS/missing.json"], "does not exist"),
+    (["--config.prompt_file", "PROMPTS/empty.json"], "non-empty JSON list"),
+    (["--config.prompt_file", "PROMPTS/numbers.json"], "not non-empty strings"),
+    (["--config.prompt_file", "PROMPTS/broken.json"], "not valid JSON"),
+    (["--config.resume_from", "/no/such/checkpoint"], "resume_from"),
+    (["--config.no_such_key", "1"], "no_such_key"),
+]
+
+
+@pytest.mark.parametrize("flags, message", BAD_INPUTS, ids=[" ".join(f) for f, _ in BAD_INPUTS])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_config, tmp_path, flags, message):
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    (prompts / "empty.json").write_text("[]")
+    (prompts / "numbers.json").write_text('["a red apple", 7]')
+    (prompts / "broken.json").write_text('["a red apple",')
+    flags = [f.replace("PROMPTS", str(prompts)) for f in flags]
+    run = os.path.join(tiny_config.save_path, "tiny")
+    os.makedirs(os.path.join(run, "stage0"))
+    with open(os.path.join(run, "stage0", "sample.pkl"), "w") as f:
+        f.write("a file a previous attempt left")
+    before = _tree_digest(tiny_config.save_path)
+    result = subprocess.run([sys.executable, "run_sample.py", *_flags(tiny_config, *flags)], cwd=REPO, env=ENV,
+                            capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert _tree_digest(tiny_config.save_path) == before
+
+
+def test_a_truncated_sample_file_is_refused_with_one_line(tiny_config):
+    tiny_config.stages.num_stages = 2
+    workflow.sample_stage(tiny_config)
+    path = plan_stage(tiny_config).paths.samples
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+    result = subprocess.run([sys.executable, "run_select.py", *_flags(tiny_config)], cwd=REPO, env=ENV,
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "cannot be read as a sample file" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_sample_file_from_another_setting_is_refused(tiny_config):
+    workflow.sample_stage(tiny_config)
+    tiny_config.split_step = 3  # the sample file was made with s = 4
+    with pytest.raises(Exception, match="split_step"):
+        workflow.select_stage(tiny_config)
+
+
+def test_non_finite_rewards_are_dropped_and_counted(tiny_config, monkeypatch):
+    def half_nan(reward_config, device):
+        colour = rewards.colour_match(reward_config, device)
+        return lambda images, prompts: np.where(np.arange(len(images)) % 2 == 0, np.nan, colour(images, prompts))
+
+    monkeypatch.setitem(rewards.REWARDS, "half_nan", half_nan)
+    tiny_config.reward.name = "half_nan"
+    tiny_config.reward.batch_size = 64
+    tiny_config.eval.pos_threshold = tiny_config.eval.neg_threshold = 0.0  # select in every group
+    workflow.sample_stage(tiny_config)
+    workflow.select_stage(tiny_config)
+    select = [m for m in read_run_metrics(os.path.join(tiny_config.save_path, "tiny")) if m["event"] == "select"][0]
+    assert select["num_nonfinite_rewards"] == 16 and np.isfinite(select["reward_mean"])
+    selected = load_samples(plan_stage(tiny_config).paths.selected, selected=True)
+    assert len(selected["prompts"]) > 0 and torch.isfinite(selected["rewards"]).all()
+    assert (selected["branch_id"] % 2 == 1).all()  # the NaN-scored (even) branches are never selected
