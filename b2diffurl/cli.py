@@ -64,7 +64,8 @@ def check_config(config) -> None:
 
 
 def run_script(body: Callable, positional: bool = False) -> Callable:
-    """absl main for a script: check the config and that the models can be had, then run
+    """absl main for a script: check the config, that the models can be had and that the
+    config continues the run it names, then run
     `body(config, *args)`. A UserError or a bad sample file becomes one line on stderr and exit
     code 2; a diverged LoRA one line and exit code 1."""
 
@@ -79,8 +80,10 @@ def run_script(body: Callable, positional: bool = False) -> Callable:
             raise UserError(f"cannot load the config file: {lines[-1]}") from None
         check_config(config)
         from b2diffurl.hub import check_models_available
+        from b2diffurl.resume import check_continuation
 
         check_models_available(config)
+        check_continuation(config, record=False)
         body(config, *argv[1:])
 
     def guarded(argv):

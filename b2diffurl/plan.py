@@ -10,12 +10,11 @@ import sys
 
 from b2diffurl import cli
 from b2diffurl.paths import run_dir
-from b2diffurl.resume import check_continuation, first_incomplete_stage
+from b2diffurl.resume import first_incomplete_stage
 from b2diffurl.stages import plan_stage
 
 
 def main(config, field: str | None = None) -> None:
-    check_continuation(config, record=False)
     if field not in (None, "layout"):
         raise cli.UserError(f"unknown argument {field!r}: the only one is layout")
     if field == "layout":

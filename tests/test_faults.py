@@ -196,3 +196,19 @@ def test_non_finite_rewards_are_dropped_and_counted(tiny_config, monkeypatch):
     selected = load_samples(plan_stage(tiny_config).paths.selected, selected=True)
     assert len(selected["prompts"]) > 0 and torch.isfinite(selected["rewards"]).all()
     assert (selected["branch_id"] % 2 == 1).all()  # the NaN-scored (even) branches are never selected
+
+
+def test_continuing_a_run_with_a_run_defining_setting_changed_is_refused(tiny_config):
+    tiny_config.stages.num_stages = 2  # as _flags says
+    workflow.sample_stage(tiny_config)  # the run now exists, made with T = 10
+    run = os.path.join(tiny_config.save_path, "tiny")
+    before = _tree_digest(run)
+    result = subprocess.run([sys.executable, "run_sample.py", *_flags(tiny_config, "--config.sample.num_steps", "12")],
+                            cwd=REPO, env=ENV, capture_output=True, text=True)
+    assert result.returncode == 2 and "sample.num_steps" in result.stderr and "new exp_name" in result.stderr
+    assert _tree_digest(run) == before
+    # settings that do not define the run (here the learning rate) may change between stages
+    result = subprocess.run([sys.executable, "-m", "b2diffurl.plan", *_flags(tiny_config, "--config.train.learning_rate",
+                                                                             "0.001")], cwd=REPO, env=ENV,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
