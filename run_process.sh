@@ -9,6 +9,8 @@
 # log/{exp_name}/stage{k}.log as well as the terminal. The loop stops at the first failure.
 # Rerunning the same command continues after the last completed stage (one with a COMPLETE
 # marker); an interrupted stage is redone from its start, earlier stages are left untouched.
+# Every eval.every stages and after the last, the stage's LoRA is evaluated on held-out prompts
+# (stage{k}/evaluation.json); at the end the run's curves are drawn into {run}/report.png.
 # Set PYTHON to run the scripts with another interpreter.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -26,7 +28,7 @@ ARGS=(--config "$CONFIG" "$@")
 
 # Checks the config and that the models can be had, before anything runs.
 plan=$($PYTHON -m b2diffurl.plan "${ARGS[@]}" layout)
-read -r first_stage num_stages log_dir run_dir <<<"${plan%%$'\n'*}"
+read -r first_stage num_stages eval_every log_dir run_dir <<<"${plan%%$'\n'*}"
 mkdir -p "$log_dir"
 echo "${plan#*$'\n'}" | tee "$log_dir/plan.txt"
 if ((first_stage >= num_stages)); then
@@ -44,6 +46,10 @@ for ((stage = first_stage; stage < num_stages; stage++)); do
     echo "=== stage $stage/$num_stages: $script" | tee -a "$log_file"
     $PYTHON "$script" "${ARGS[@]}" --config.stage "$stage" 2>&1 | tee -a "$log_file"
   done
+  if ((eval_every > 0 && ((stage + 1) % eval_every == 0 || stage == num_stages - 1))); then
+    echo "=== stage $stage/$num_stages: evaluation on held-out prompts" | tee -a "$log_file"
+    $PYTHON -m b2diffurl.evaluate "${ARGS[@]}" --stage "$stage" 2>&1 | tee -a "$log_file"
+  fi
   elapsed=$((SECONDS - run_started))
   remaining=$((elapsed * (num_stages - stage - 1) / (stage + 1 - first_stage)))
   echo "=== stage $stage done in $((SECONDS - stage_started))s; run ${elapsed}s, about ${remaining}s left" \
@@ -51,3 +57,5 @@ for ((stage = first_stage; stage < num_stages; stage++)); do
 done
 echo "=== all $num_stages stages done ($((SECONDS - run_started))s this time); outputs and stage{k}/metrics.jsonl in $run_dir"
 $PYTHON -m b2diffurl.summary "$run_dir" | tee "$log_dir/summary.txt"
+# The picture of the run needs matplotlib (requirements-extras.txt); the run does not.
+$PYTHON -m b2diffurl.report "$run_dir" || echo "(no report.png: see the line above)"

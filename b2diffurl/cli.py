@@ -54,8 +54,7 @@ def check_config(config) -> None:
              f">= eval.neg_threshold={config.eval.neg_threshold}", config.eval.pos_threshold)
     _require(config.mixed_precision in MIXED_PRECISION, "mixed_precision", " / ".join(MIXED_PRECISION),
              config.mixed_precision)
-    _require(config.reward.name in rewards.REWARDS, "reward.name", ", ".join(sorted(rewards.REWARDS)),
-             config.reward.name)
+    rewards.check_reward_config(config.reward)  # names, weighted components, a user function, aesthetic weights
     _require(config.eval.selection in selection.SELECTIONS, "eval.selection",
              ", ".join(sorted(selection.SELECTIONS)), config.eval.selection)
     _require(not config.resume_from or os.path.isdir(config.resume_from), "resume_from",
@@ -63,9 +62,9 @@ def check_config(config) -> None:
     prompts.load_prompts(config.prompt_file)  # raises UserError naming the file
 
 
-def run_script(body: Callable, positional: bool = False) -> Callable:
-    """absl main for a script: check the config, that the models can be had and that the
-    config continues the run it names, then run
+def run_script(body: Callable, positional: bool = False, continues_run: bool = True) -> Callable:
+    """absl main for a script: check the config, that the models can be had and (if
+    `continues_run`) that the config continues the run it names, then run
     `body(config, *args)`. A UserError or a bad sample file becomes one line on stderr and exit
     code 2; a diverged LoRA one line and exit code 1."""
 
@@ -83,7 +82,8 @@ def run_script(body: Callable, positional: bool = False) -> Callable:
         from b2diffurl.resume import check_continuation
 
         check_models_available(config)
-        check_continuation(config, record=False)
+        if continues_run:
+            check_continuation(config, record=False)
         body(config, *argv[1:])
 
     def guarded(argv):
@@ -112,6 +112,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
     sys.exit(2)
 
 
-def main(body: Callable, positional: bool = False) -> None:
-    """Entry point of a script: parse flags, check, run `body(config, ...)` (see run_script)."""
-    app.run(run_script(body, positional), flags_parser=_parse_flags)
+def main(body: Callable, positional: bool = False, continues_run: bool = True) -> None:
+    """Entry point of a script: parse flags, check, run `body(config, ...)` (see run_script).
+    `continues_run=False` for tools that only read a run (generate, evaluate)."""
+    app.run(run_script(body, positional, continues_run), flags_parser=_parse_flags)

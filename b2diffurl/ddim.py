@@ -43,10 +43,10 @@ def ddim_step_mean_std(
     model_output, sample: [N, C, H, W] (any float dtype; the math runs in fp32).
     timestep: int or long [N] (per-sample timesteps are allowed, the trainer shuffles steps).
     Returns mean [N, C, H, W] and std [N, 1, 1, 1], both fp32. Equals the noise-free part of
-    `DDIMScheduler.step` and its `std_dev_t`.
+    `DDIMScheduler.step` and its `std_dev_t`. With eta = 0 the step is deterministic (std = 0).
     """
-    if eta <= 0:
-        raise ValueError(f"eta must be > 0 so that every step has a density, got {eta}")
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
     if scheduler.config.thresholding:
         raise ValueError("dynamic thresholding is not supported by the log-prob step")
     if scheduler.num_inference_steps is None:
@@ -108,6 +108,20 @@ def gaussian_log_prob(value: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
     return log_prob.mean(dim=tuple(range(1, log_prob.ndim)))
 
 
+def _draw(mean: torch.Tensor, std: torch.Tensor, dtype: torch.dtype, generator: torch.Generator | None):
+    """mean + std·z, z ~ N(0, I) drawn on the generator's device, rounded to `dtype`."""
+    device = generator.device if generator is not None else mean.device
+    noise = torch.randn(mean.shape, generator=generator, device=device).to(mean.device)
+    return (mean + std * noise).to(dtype)
+
+
+def ddim_step(scheduler: DDIMScheduler, model_output: torch.Tensor, timestep: torch.Tensor | int,
+              sample: torch.Tensor, eta: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """x_{t-1} without its log-prob, for generation; with eta = 0 no noise is drawn (as in diffusers)."""
+    mean, std = ddim_step_mean_std(scheduler, model_output, timestep, sample, eta)
+    return _draw(mean, std, sample.dtype, generator) if eta > 0 else mean.to(sample.dtype)
+
+
 def ddim_step_with_log_prob(
     scheduler: DDIMScheduler,
     model_output: torch.Tensor,
@@ -123,10 +137,9 @@ def ddim_step_with_log_prob(
     stored latent and the stored log-prob describe the same value and training recomputes
     the same number. Returns prev_sample [N, C, H, W] (dtype of `sample`) and log_prob [N] (fp32).
     """
+    if eta <= 0:
+        raise ValueError(f"eta must be > 0 so that every step has a density, got {eta}")
     mean, std = ddim_step_mean_std(scheduler, model_output, timestep, sample, eta)
     if prev_sample is None:
-        noise = torch.randn(
-            mean.shape, generator=generator, device=generator.device if generator else mean.device
-        ).to(mean.device)
-        prev_sample = (mean + std * noise).to(sample.dtype)
+        prev_sample = _draw(mean, std, sample.dtype, generator)
     return prev_sample, gaussian_log_prob(prev_sample, mean, std)

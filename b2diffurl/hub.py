@@ -54,5 +54,7 @@ def check_models_available(config) -> None:
     if not config.pretrained.build_tiny:  # the tiny model is built on first use
         locate_model(config.pretrained.model, "pretrained.model", revision=config.pretrained.revision,
                      probe_file="model_index.json")
-    if config.reward.name == "clip_score":
-        locate_model(config.reward.model, "reward.model")
+    from b2diffurl.rewards import required_models
+
+    for what, model in required_models(config.reward):
+        locate_model(model, what)

@@ -17,8 +17,11 @@ IMAGE_DIR = "images"  # PNGs named g{group}_b{branch}.png
 CHECKPOINT_DIR = "checkpoints"  # LoRA (diffusers format) and optimiser state
 METRICS_FILE = "metrics.jsonl"  # one JSON object a line, this stage's events
 HISTORY_FILE = "history.json"  # per-prompt scores of the last H stages, as of this stage
+BEST_WORST_FILE = "best_worst.png"  # best and worst branch of some groups, with scores
 COMPLETE_FILE = "COMPLETE"  # completion marker, written last
+EVALUATION_FILE = "evaluation.json"  # held-out evaluation of this stage's LoRA
 RUN_CONFIG_FILE = "run_config.json"  # run level: the settings a continuation must keep
+BASE_EVALUATION_FILE = "evaluation_base.json"  # run level: the base model's held-out evaluation
 
 
 def run_dir(config) -> str:
@@ -46,6 +49,8 @@ class StagePaths:
     checkpoint = property(lambda self: self._file(CHECKPOINT_DIR))
     metrics = property(lambda self: self._file(METRICS_FILE))
     history = property(lambda self: self._file(HISTORY_FILE))
+    best_worst_grid = property(lambda self: self._file(BEST_WORST_FILE))
+    evaluation = property(lambda self: self._file(EVALUATION_FILE))
     complete_marker = property(lambda self: self._file(COMPLETE_FILE))
 
     def is_complete(self) -> bool:

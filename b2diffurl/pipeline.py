@@ -53,3 +53,21 @@ def load_pipeline(config, device: torch.device, with_lora: bool = True):
 def lora_parameters(unet) -> list[torch.nn.Parameter]:
     """The trainable (LoRA) parameters of the UNet."""
     return [p for p in unet.parameters() if p.requires_grad]
+
+
+def make_accelerator(config):
+    """The Accelerator of a script: device, mixed precision, TF32 where asked and available, and
+    a TensorBoard tracker in {run}/tensorboard when config.tensorboard and tensorboard is installed."""
+    import importlib.util
+    import os
+
+    from accelerate import Accelerator
+
+    from b2diffurl.paths import run_dir
+
+    if config.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    tensorboard = config.tensorboard and importlib.util.find_spec("tensorboard") is not None
+    return Accelerator(mixed_precision=config.mixed_precision, log_with="tensorboard" if tensorboard else None,
+                       project_dir=os.path.join(run_dir(config), "tensorboard"))

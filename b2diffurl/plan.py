@@ -1,12 +1,11 @@
 """Print the stage plan of a config, or one field of it (run_process.sh reads these).
 
     python -m b2diffurl.plan --config config/tiny.py             # table of all stages
-    python -m b2diffurl.plan --config config/tiny.py layout       # "first_stage num_stages log_dir run_dir", then the table
+    python -m b2diffurl.plan --config config/tiny.py layout       # "first_stage num_stages eval_every log_dir run_dir", then the table
 
 first_stage is the first stage without a completion marker: where a rerun continues.
 """
 
-import sys
 
 from b2diffurl import cli
 from b2diffurl.paths import run_dir
@@ -18,8 +17,8 @@ def main(config, field: str | None = None) -> None:
     if field not in (None, "layout"):
         raise cli.UserError(f"unknown argument {field!r}: the only one is layout")
     if field == "layout":
-        print(first_incomplete_stage(config), config.stages.num_stages, f"{config.log_dir}/{config.exp_name}",
-              run_dir(config))
+        print(first_incomplete_stage(config), config.stages.num_stages, config.eval.every,
+              f"{config.log_dir}/{config.exp_name}", run_dir(config))
     print("stage split_step branch_point seed complete resume_from")
     for stage in range(config.stages.num_stages):
         plan = plan_stage(config, stage)

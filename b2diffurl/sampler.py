@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from b2diffurl.ddim import ddim_step_with_log_prob
+from b2diffurl.ddim import ddim_step, ddim_step_with_log_prob
 from b2diffurl.guidance import guided_noise
 
 
@@ -30,11 +30,13 @@ def sample_branches(
     chunk_size: int | None = None,
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
+    with_log_probs: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Sample B groups of K branches that share x_0 ... x_b.
 
     prompt_embeds [B, L, D]; negative_embeds [1, L, D]. Noise is drawn on `generator`'s device
-    (use a CPU generator for results that do not depend on the GPU). Branches are group-major:
+    (use a CPU generator for results that do not depend on the GPU). `with_log_probs=False`
+    (generation) allows eta = 0 and returns no log_probs. Branches are group-major:
     row g*K + k is branch k of group g. Returns
       latents   [B*K, s+1, C, H, W]  x_b ... x_T, in `dtype`
       log_probs [B*K, s]             log π(x_{i+1} | x_i), fp32, element-averaged
@@ -60,17 +62,60 @@ def sample_branches(
             latents.append(x)
         t = timesteps[i]
         eps = guided_noise(unet, x, t, prompt_embeds, negative_embeds, guidance_scale, chunk_size)
-        x, log_prob = ddim_step_with_log_prob(scheduler, eps, t, x, eta, generator=generator)
+        if with_log_probs:
+            x, log_prob = ddim_step_with_log_prob(scheduler, eps, t, x, eta, generator=generator)
+        else:
+            x, log_prob = ddim_step(scheduler, eps, t, x, eta, generator=generator), None
         if i >= branch_point:
             latents.append(x)
             log_probs.append(log_prob)
 
     num_samples = num_groups * num_branches
     split_step = num_steps - branch_point
-    return {
+    out = {
         "latents": torch.stack(latents, dim=1),
-        "log_probs": torch.stack(log_probs, dim=1),
         "timesteps": timesteps[branch_point:].to(torch.long).expand(num_samples, split_step).clone(),
         "group": torch.arange(num_groups, device=device).repeat_interleave(num_branches),
         "branch": torch.arange(num_branches, device=device).repeat(num_groups),
     }
+    if with_log_probs:
+        out["log_probs"] = torch.stack(log_probs, dim=1)
+    return out
+
+
+@torch.no_grad()
+def decode_images(vae, latents: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
+    """uint8 images [N, H, W, 3] from final latents [N, C, h, w], decoded `chunk_size` at a time."""
+    images = []
+    for chunk in latents.split(chunk_size or len(latents)):
+        decoded = vae.decode(chunk.to(vae.dtype) / vae.config.scaling_factor).sample
+        decoded = ((decoded.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+        images.append(decoded.permute(0, 2, 3, 1).cpu())
+    return torch.cat(images)
+
+
+def generate_images(pipe, prompts: list[str], num_images_per_prompt: int, *, num_steps: int, eta: float,
+                    guidance_scale: float, seed: int, batch_size: int, chunk_size: int | None = None,
+                    progress: bool = False) -> tuple[torch.Tensor, list[str]]:
+    """Images for every prompt from the pipeline's current UNet (LoRA included), no branching.
+
+    Returns uint8 images [P·n, H, W, 3] and their prompts (each prompt n times in a row). With
+    one batch, the noise is drawn in the same order as `StableDiffusionPipeline` draws it, so
+    the same seed gives the same images (exactly so with eta = 0).
+    """
+    from b2diffurl.prompts import encode_prompts
+
+    expanded = [p for p in prompts for _ in range(num_images_per_prompt)]
+    unet = pipe.unet
+    latent_shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    negative = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""])
+    generator = torch.Generator().manual_seed(seed)
+    images = []
+    starts = range(0, len(expanded), batch_size)
+    for start in tqdm(starts, desc="generate", leave=False, disable=not progress or len(starts) < 2):
+        embeds = encode_prompts(pipe.tokenizer, pipe.text_encoder, expanded[start : start + batch_size])
+        out = sample_branches(unet, pipe.scheduler, embeds, negative, num_steps=num_steps, branch_point=0,
+                              num_branches=1, eta=eta, guidance_scale=guidance_scale, latent_shape=latent_shape,
+                              generator=generator, chunk_size=chunk_size, dtype=unet.dtype, with_log_probs=False)
+        images.append(decode_images(pipe.vae, out["latents"][:, -1], chunk_size))
+    return torch.cat(images), expanded

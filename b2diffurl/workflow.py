@@ -17,14 +17,15 @@ from tqdm.auto import tqdm
 
 from b2diffurl.checkpoint import load_lora, load_optimizer_state, save_checkpoint
 from b2diffurl.cli import UserError
-from b2diffurl.files import atomic_torch_save, atomic_write, atomic_write_json, read_json
+from b2diffurl.grids import best_worst_grid, save_grid
+from b2diffurl.files import atomic_torch_save, atomic_write_json, read_json
 from b2diffurl.logs import append_metrics
 from b2diffurl.paths import StagePaths, image_name
-from b2diffurl.pipeline import load_pipeline, lora_parameters
+from b2diffurl.pipeline import load_pipeline, lora_parameters, make_accelerator
 from b2diffurl.prompts import choose_prompts, encode_prompts, load_prompts
 from b2diffurl.rewards import build_reward, score_images
 from b2diffurl.resume import check_continuation
-from b2diffurl.sampler import sample_branches
+from b2diffurl.sampler import decode_images, sample_branches
 from b2diffurl.samples import FORMAT_VERSION, load_samples, save_samples, subset
 from b2diffurl.selection import SELECTIONS
 from b2diffurl.stages import StagePlan, plan_stage
@@ -34,20 +35,22 @@ from b2diffurl.trainer import TrainSettings, train_on_samples
 log = logging.getLogger(__name__)
 
 
-def _accelerator(config):
-    from accelerate import Accelerator
-
-    if config.allow_tf32 and torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    return Accelerator(mixed_precision=config.mixed_precision)
-
-
 def _peak_gpu_memory() -> dict:
     """{"peak_gpu_memory_gb": ...} on CUDA, else {}."""
     if not torch.cuda.is_available():
         return {}
     return {"peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 3)}
+
+
+def _track(accelerator, config, stage: int, scalars: dict, images: dict | None = None) -> None:
+    """Stage-level scalars and images to the accelerator's trackers (TensorBoard), at step = stage."""
+    if not accelerator.log_with:
+        return
+    accelerator.init_trackers(config.exp_name)
+    accelerator.log({k: float(v) for k, v in scalars.items()}, step=stage)
+    for tag, image in (images or {}).items():
+        accelerator.get_tracker("tensorboard", unwrap=True).add_image(tag, np.asarray(image), stage, dataformats="HWC")
+    accelerator.end_training()
 
 
 def _load_policy(config, plan: StagePlan, device):
@@ -84,17 +87,6 @@ def stage_meta(config, plan: StagePlan) -> dict:
     }
 
 
-@torch.no_grad()
-def decode_images(vae, latents: torch.Tensor, chunk_size: int) -> torch.Tensor:
-    """uint8 images [N, H, W, 3] from final latents [N, C, h, w]."""
-    images = []
-    for chunk in latents.split(chunk_size):
-        decoded = vae.decode(chunk.to(vae.dtype) / vae.config.scaling_factor).sample
-        decoded = ((decoded.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
-        images.append(decoded.permute(0, 2, 3, 1).cpu())
-    return torch.cat(images)
-
-
 def sample_stage(config) -> None:
     """Branch-based sampling of one stage -> sample.pkl, images.pt and PNGs."""
     plan = _begin(config)
@@ -103,7 +95,7 @@ def sample_stage(config) -> None:
     if os.path.isdir(plan.paths.root):  # left by an interrupted attempt: redo the stage from its start
         log.warning("stage %d was interrupted; clearing %s and redoing it", plan.stage, plan.paths.root)
         shutil.rmtree(plan.paths.root)
-    accelerator = _accelerator(config)
+    accelerator = make_accelerator(config)
     device = accelerator.device
     started = time.time()
     pipe = _load_policy(config, plan, device)
@@ -153,8 +145,7 @@ def sample_stage(config) -> None:
     if config.sample.save_png:
         os.makedirs(stage_paths.image_dir, exist_ok=True)
         for image, group, branch in zip(images.numpy(), record["group_id"].tolist(), record["branch_id"].tolist()):
-            atomic_write(os.path.join(stage_paths.image_dir, image_name(group, branch)),
-                         lambda f, image=image: Image.fromarray(image).save(f, format="PNG"))
+            save_grid(Image.fromarray(image), os.path.join(stage_paths.image_dir, image_name(group, branch)))
     atomic_torch_save(images, stage_paths.images)
     save_samples(record, stage_paths.samples)  # last: its presence means the step finished
     seconds = time.time() - started
@@ -162,6 +153,7 @@ def sample_stage(config) -> None:
                    num_groups=int(group_id.max()) + 1, seconds=round(seconds, 2),
                    sampling_seconds=round(sampling_seconds, 2),
                    images_per_second=round(len(record["prompts"]) / sampling_seconds, 3), **_peak_gpu_memory())
+    _track(accelerator, config, plan.stage, {"sample/images_per_second": len(record["prompts"]) / sampling_seconds})
     log.info("stage %d: %d branch samples written to %s in %.1fs", plan.stage, len(record["prompts"]),
              stage_paths.samples, seconds)
 
@@ -184,8 +176,8 @@ def select_stage(config) -> None:
     images = torch.load(stage_paths.images, weights_only=True).numpy()
     if len(images) != len(record["prompts"]):
         raise ValueError(f"{stage_paths.images} holds {len(images)} images for {len(record['prompts'])} samples")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    reward = build_reward(config.reward, device)
+    accelerator = make_accelerator(config)
+    reward = build_reward(config.reward, accelerator.device)
     log.info("stage %d: scoring %d images with %s", plan.stage, len(images), config.reward.name)
     scores = score_images(reward, images, record["prompts"], config.reward.batch_size)
     finite = np.isfinite(scores)
@@ -200,6 +192,11 @@ def select_stage(config) -> None:
                       advantages=torch.from_numpy(advantages[chosen]).float(),
                       rewards=torch.from_numpy(scores[chosen]).float())
     atomic_write_json(history, stage_paths.history)
+    grid = None
+    if finite.any():
+        grid = best_worst_grid(images, record["group_id"].numpy(), record["branch_id"].numpy(), scores, advantages,
+                               max_groups=8, scale=max(1, 128 // images.shape[1]))
+        save_grid(grid, stage_paths.best_worst_grid)
     save_samples(selected, stage_paths.selected, selected=True)
 
     positive = int((advantages[chosen] > 0).sum())
@@ -209,6 +206,10 @@ def select_stage(config) -> None:
                    reward_min=finite_scores.min(), num_samples=len(scores), num_selected=len(chosen),
                    num_positive=positive, num_negative=len(chosen) - positive,
                    num_nonfinite_rewards=int((~finite).sum()))
+    _track(accelerator, config, plan.stage, {
+        "reward/mean": finite_scores.mean(), "reward/std": finite_scores.std(), "reward/max": finite_scores.max(),
+        "reward/min": finite_scores.min(), "selection/selected": len(chosen), "selection/positive": positive,
+        "selection/negative": len(chosen) - positive}, images={"best_worst": grid} if grid is not None else None)
     log.info("stage %d: reward mean %.4f, selected %d of %d (%d positive)", plan.stage, finite_scores.mean(),
              len(chosen), len(scores), positive)
 
@@ -220,7 +221,7 @@ def train_stage(config) -> None:
         return
     stage_paths = plan.paths
     samples = load_samples(stage_paths.selected, selected=True, expect=stage_meta(config, plan))
-    accelerator = _accelerator(config)
+    accelerator = make_accelerator(config)
     pipe = _load_policy(config, plan, accelerator.device)
     t = config.train
     optimizer = torch.optim.AdamW(lora_parameters(pipe.unet), lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
@@ -242,7 +243,10 @@ def train_stage(config) -> None:
 
     unet, optimizer = accelerator.prepare(pipe.unet, optimizer)
 
+    steps = []
+
     def on_optimizer_step(info: dict) -> None:
+        steps.append(info)
         append_metrics(metrics_path, stage=plan.stage, event="optimizer_step", split_step=plan.split_step, **info)
 
     generator = torch.Generator().manual_seed(plan.seed)
@@ -256,6 +260,9 @@ def train_stage(config) -> None:
     append_metrics(metrics_path, stage=plan.stage, event="train", split_step=plan.split_step,
                    num_samples=num_samples, skipped=False, training_seconds=round(time.time() - training_started, 2),
                    **totals, **_peak_gpu_memory())
+    _track(accelerator, config, plan.stage, {
+        **{f"train/{k}": np.nanmean([step[k] for step in steps]) for k in ("loss", "approx_kl", "clipfrac", "grad_norm")},
+        "train/optimizer_steps": totals["optimizer_steps"], "train/skipped_steps": totals["skipped_steps"]})
     _mark_complete(stage_paths, state)
     log.info("stage %d: %d optimiser steps (%d skipped), LoRA saved to %s", plan.stage, totals["optimizer_steps"],
              totals["skipped_steps"], stage_paths.checkpoint)

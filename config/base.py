@@ -23,6 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.resume_from = ""  # LoRA checkpoint folder that stage 0 starts from; "" starts a new LoRA
     config.mixed_precision = "fp16"  # "no", "fp16" or "bf16": dtype of the frozen models
     config.allow_tf32 = True  # TF32 matmuls on Ampere+ GPUs
+    config.tensorboard = True  # also log stage scalars and grids to {run}/tensorboard if tensorboard is installed
     config.prompt_file = "config/prompt/animal_activity_train.json"  # JSON list of prompts
 
     # ---- backward progressive curriculum ----
@@ -55,8 +56,11 @@ def get_config() -> ml_collections.ConfigDict:
 
     # ---- reward ----
     config.reward = reward = ml_collections.ConfigDict()
-    reward.name = "clip_score"  # key of b2diffurl.rewards.REWARDS
-    reward.model = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"  # model of model-based rewards
+    reward.name = "clip_score"  # key of b2diffurl.rewards.REWARDS, or a function as "package.module:function"
+    reward.model = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"  # CLIP of clip_score, pickscore, aesthetic
+    reward.processor = ""  # CLIPProcessor; "" = reward.model's (pickscore: laion/CLIP-ViT-H-14-laion2B-s32B-b79K)
+    reward.aesthetic_weights = ""  # aesthetic: local .pth/.pt/.safetensors state dict of the LAION aesthetic MLP
+    reward.components = ""  # weighted: "name:weight,...", e.g. "colour_match:1.0,jpeg_compressibility:0.01"
     reward.batch_size = 32  # images per reward call
 
     # ---- normalisation and selection ----
@@ -65,6 +69,11 @@ def get_config() -> ml_collections.ConfigDict:
     evaluation.pos_threshold = 0.5  # rho+, best branch kept if its advantage >= this
     evaluation.neg_threshold = -0.5  # rho-, worst branch kept if its advantage < this
     evaluation.selection = "best_worst"  # key of b2diffurl.selection.SELECTIONS ("all": DDPO)
+    evaluation.prompt_file = "config/prompt/animal_activity_test.json"  # held-out prompts for b2diffurl.evaluate
+    evaluation.num_images_per_prompt = 8  # images per held-out prompt
+    evaluation.max_prompts = 0  # evaluate the first this many prompts of the file; 0: all
+    evaluation.every = 10  # run_process.sh evaluates after every this many stages and the last; 0: never
+    evaluation.diversity_embedding = "auto"  # "pixels", "clip" (reward.model), or "auto" (clip if the reward has one)
 
     # ---- training ----
     config.train = train = ml_collections.ConfigDict()

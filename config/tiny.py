@@ -28,6 +28,10 @@ def get_config():
     config.reward.name = "colour_match"
     config.reward.model = ""
     config.eval.history_cnt = 2
+    config.eval.prompt_file = "config/prompt/colour_fruit_test.json"
+    config.eval.num_images_per_prompt = 4
+    config.eval.max_prompts = 16
+    config.eval.every = 2
     config.train.batch_size = 4
     config.train.gradient_accumulation_steps = 2
     config.train.learning_rate = 3e-4

@@ -4,7 +4,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from b2diffurl.ddim import ddim_step_mean_std, ddim_step_with_log_prob, gaussian_log_prob
+from b2diffurl.ddim import ddim_step, ddim_step_mean_std, ddim_step_with_log_prob, gaussian_log_prob
 
 SD_SCHEDULER = dict(  # the scheduler_config.json of Stable Diffusion v1.4
     beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
@@ -68,9 +68,15 @@ def test_recomputed_log_prob_of_a_drawn_sample_is_identical():
     assert not torch.allclose(other, log_prob)
 
 
-def test_eta_zero_is_refused():
+def test_eta_zero_is_the_deterministic_diffusers_step_and_has_no_log_prob():
     scheduler = DDIMScheduler(**SD_SCHEDULER)
     scheduler.set_timesteps(5)
-    x = torch.zeros(1, 4, 2, 2)
+    gen = torch.Generator().manual_seed(4)
+    x, eps = torch.randn(2, 1, 4, 2, 2, generator=gen)
+    t = scheduler.timesteps[1]
+    expected = scheduler.step(eps, t, x, eta=0.0).prev_sample
+    torch.testing.assert_close(ddim_step(scheduler, eps, t, x, 0.0), expected)
     with pytest.raises(ValueError, match="eta"):
-        ddim_step_mean_std(scheduler, x, scheduler.timesteps[0], x, 0.0)
+        ddim_step_with_log_prob(scheduler, eps, t, x, 0.0)
+    with pytest.raises(ValueError, match="eta"):
+        ddim_step_mean_std(scheduler, eps, t, x, -0.1)

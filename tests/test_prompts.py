@@ -1,7 +1,6 @@
 """Prompt files and text embeddings."""
 
 import glob
-import json
 import os
 
 import numpy as np

@@ -1,7 +1,6 @@
 """Best/worst branch selection (b2diffurl/selection.py) on hand-made groups and advantages."""
 
 import numpy as np
-import pytest
 
 from b2diffurl.selection import SELECTIONS, select_all, select_best_worst
 

@@ -1,5 +1,6 @@
 """Whole stages through the three scripts, run as a user runs them (subprocesses, tiny config)."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -46,6 +47,9 @@ def test_two_stages_through_the_three_scripts(tiny_config):
     lora0 = load_file(os.path.join(stage0, "checkpoints", "pytorch_lora_weights.safetensors"))
     events = [m["event"] for m in _metrics(run_dir)]
     assert events[:2] == ["sample", "select"] and "optimizer_step" in events and events[-1] == "train"
+    assert os.path.exists(os.path.join(stage0, "best_worst.png"))
+    if importlib.util.find_spec("tensorboard"):  # the optional extra: stage scalars and grids
+        assert os.listdir(os.path.join(run_dir, "tensorboard", "tiny"))
     first_step = next(m for m in _metrics(run_dir) if m["event"] == "optimizer_step")
     assert first_step["approx_kl"] < 1e-9  # the first update starts from ratio 1
 

@@ -1,0 +1,69 @@
+"""Held-out evaluation: reward and diversity of N images per prompt (pure parts and the loop).
+
+Diversity of a prompt is the mean pairwise Euclidean distance between the embeddings of its
+images: CLIP image embeddings (unit length, so distances lie in [0, 2]) when the reward has a
+CLIP model, else `pixels-8x8`: the image average-pooled to 8x8x3, scaled to [0, 1] and divided by
+sqrt(192), so that distances lie in [0, 1]. Needs no downloaded weights.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Callable
+
+import numpy as np
+
+Embedder = Callable[[np.ndarray], np.ndarray]  # uint8 [N, H, W, 3] -> float [N, D]
+
+
+def pixel_embeddings(images: np.ndarray, size: int = 8) -> np.ndarray:
+    """[N, size*size*3]: average-pooled pixels in [0, 1], divided by sqrt(D)."""
+    n, h, w, c = images.shape
+    if h % size or w % size:
+        raise ValueError(f"image size {h}x{w} is not a multiple of {size}")
+    pooled = images.astype(np.float64).reshape(n, size, h // size, size, w // size, c).mean(axis=(2, 4)) / 255.0
+    flat = pooled.reshape(n, -1)
+    return flat / math.sqrt(flat.shape[1])
+
+
+def build_embedder(config, device) -> tuple[Embedder, str]:
+    """The diversity embedding the config asks for, and its name for the report."""
+    from b2diffurl.rewards import CLIP_REWARDS, clip_embedder, component_names
+
+    choice = config.eval.diversity_embedding
+    if choice == "auto":
+        uses_clip = any(name in CLIP_REWARDS for name in component_names(config.reward))
+        choice = "clip" if uses_clip and config.reward.model else "pixels"
+    if choice == "clip":
+        _, embed = clip_embedder(config.reward, device)
+        return lambda images: embed(images)[0].float().cpu().numpy(), f"clip:{config.reward.model}"
+    if choice == "pixels":
+        return pixel_embeddings, "pixels-8x8"
+    raise ValueError(f"eval.diversity_embedding must be auto, clip or pixels, got {choice!r}")
+
+
+def mean_pairwise_distance(embeddings: np.ndarray) -> float:
+    """Mean Euclidean distance over all pairs of rows (NaN for fewer than two rows)."""
+    pairs = list(itertools.combinations(range(len(embeddings)), 2))
+    if not pairs:
+        return float("nan")
+    return float(np.mean([np.linalg.norm(embeddings[i] - embeddings[j]) for i, j in pairs]))
+
+
+def summarise(prompts: list[str], scores: np.ndarray, embeddings: np.ndarray) -> dict:
+    """Per prompt and overall: reward mean/std (and a 95% interval of the mean), diversity."""
+    per_prompt = {}
+    for prompt in dict.fromkeys(prompts):
+        rows = np.asarray([i for i, p in enumerate(prompts) if p == prompt])
+        per_prompt[prompt] = {"reward_mean": float(np.mean(scores[rows])), "reward_std": float(np.std(scores[rows])),
+                              "diversity": mean_pairwise_distance(embeddings[rows])}
+    finite = scores[np.isfinite(scores)]
+    return {
+        "num_images": len(scores),
+        "reward_mean": float(finite.mean()),
+        "reward_std": float(finite.std()),
+        "reward_ci95": float(1.96 * finite.std(ddof=1) / math.sqrt(len(finite))) if len(finite) > 1 else float("nan"),
+        "diversity_mean": float(np.nanmean([v["diversity"] for v in per_prompt.values()])),
+        "per_prompt": per_prompt,
+    }

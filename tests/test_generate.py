@@ -1,0 +1,107 @@
+"""Generation and evaluation: a LoRA from this project gives the same images in plain diffusers."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, StableDiffusionPipeline
+from PIL import Image
+
+from b2diffurl.checkpoint import save_checkpoint
+from b2diffurl.evaluation import mean_pairwise_distance, pixel_embeddings, summarise
+from b2diffurl.pipeline import load_pipeline, lora_parameters
+from b2diffurl.sampler import generate_images
+from conftest import REPO
+
+PROMPTS = ["a red apple", "a blue plum"]
+
+
+@pytest.fixture()
+def trained_lora(tiny_config, tmp_path):
+    """A LoRA checkpoint with non-zero weights, as a stage leaves it."""
+    pipe = load_pipeline(tiny_config, torch.device("cpu"))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for param in lora_parameters(pipe.unet):
+            param.add_(0.3 * torch.randn_like(param))
+    save_checkpoint(pipe.unet, str(tmp_path / "lora"))
+    return str(tmp_path / "lora")
+
+
+def _diffusers_images(model_dir, lora=None):
+    pipe = StableDiffusionPipeline.from_pretrained(model_dir, safety_checker=None)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    if lora:
+        pipe.load_lora_weights(lora)
+    out = pipe(PROMPTS, num_images_per_prompt=3, num_inference_steps=8, guidance_scale=5.0, eta=0.0,
+               generator=torch.Generator().manual_seed(7), output_type="np").images
+    return np.round(out * 255).astype(np.int16)
+
+
+def test_lora_images_equal_plain_diffusers_after_load_lora_weights(tiny_config, tiny_model_dir, trained_lora):
+    from b2diffurl.checkpoint import load_lora
+
+    pipe = load_pipeline(tiny_config, torch.device("cpu"))
+    load_lora(pipe.unet, trained_lora)
+    ours, prompts = generate_images(pipe, PROMPTS, 3, num_steps=8, eta=0.0, guidance_scale=5.0, seed=7, batch_size=6)
+    assert prompts == [p for p in PROMPTS for _ in range(3)]
+    ours = ours.numpy().astype(np.int16)
+    theirs = _diffusers_images(tiny_model_dir, trained_lora)
+    assert np.abs(ours - theirs).max() <= 1  # equal up to rounding to 8 bits
+    base = _diffusers_images(tiny_model_dir)
+    assert np.abs(ours - base).mean() > 2  # and the LoRA changes the images
+
+
+def test_generate_command_writes_images_and_a_grid(tiny_config, trained_lora, tmp_path):
+    out = tmp_path / "generated"
+    result = subprocess.run(
+        [sys.executable, "-m", "b2diffurl.generate", "--config", "config/tiny.py",
+         "--config.pretrained.model", tiny_config.pretrained.model, "--config.pretrained.build_tiny=False",
+         "--lora", trained_lora, "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--num-images", "3",
+         "--eta", "0", "--out", str(out)],
+        cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    names = sorted(os.listdir(out))
+    assert "grid.png" in names and len(names) == 7 and "000_a-red-apple.png" in names
+    assert Image.open(out / "000_a-red-apple.png").size == (32, 32)
+    assert Image.open(out / "grid.png").size[0] >= 3 * 32
+
+
+def test_pixel_embedding_distances_are_in_unit_range():
+    black = np.zeros((1, 32, 32, 3), np.uint8)
+    white = np.full((1, 32, 32, 3), 255, np.uint8)
+    emb = pixel_embeddings(np.concatenate([black, white, black]))
+    assert emb.shape == (3, 192)
+    assert mean_pairwise_distance(emb[:2]) == pytest.approx(1.0)
+    assert mean_pairwise_distance(emb) == pytest.approx(2 / 3)  # pairs: 1, 0, 1
+    assert np.isnan(mean_pairwise_distance(emb[:1]))
+
+
+def test_summarise_per_prompt_and_overall():
+    prompts = ["a", "a", "b", "b"]
+    scores = np.array([1.0, 3.0, 2.0, 2.0])
+    embeddings = np.array([[0.0], [1.0], [0.0], [0.0]])
+    s = summarise(prompts, scores, embeddings)
+    assert s["per_prompt"]["a"] == {"reward_mean": 2.0, "reward_std": 1.0, "diversity": 1.0}
+    assert s["per_prompt"]["b"]["diversity"] == 0.0
+    assert s["reward_mean"] == 2.0 and s["diversity_mean"] == 0.5 and s["num_images"] == 4
+    assert s["reward_ci95"] == pytest.approx(1.96 * np.std(scores, ddof=1) / 2)
+
+
+def test_evaluate_command_reports_base_and_lora(tiny_config, trained_lora, tmp_path):
+    out = tmp_path / "report.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "b2diffurl.evaluate", "--config", "config/tiny.py",
+         "--config.pretrained.model", tiny_config.pretrained.model, "--config.pretrained.build_tiny=False",
+         "--config.eval.max_prompts", "3", "--lora", trained_lora, "--num-images", "2", "--out", str(out)],
+        cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["diversity_embedding"] == "pixels-8x8" and report["lora"] == trained_lora
+    for name in ("base", "lora"):
+        assert report["results"][name]["num_images"] == 6 and len(report["results"][name]["per_prompt"]) == 3
+    assert report["results"]["base"]["reward_mean"] != report["results"]["lora"]["reward_mean"]
