@@ -132,30 +132,30 @@ def sample_stage(config) -> None:
     record = {
         "prompts": [batch_prompts_all[g] for g in group_id.tolist()],
         "group_id": group_id,
-        "branch_id": torch.cat([p["branch"] for p in parts]),
-        "timesteps": torch.cat([p["timesteps"] for p in parts]),
-        "latents": torch.cat([p["latents"] for p in parts]),
-        "log_probs": torch.cat([p["log_probs"] for p in parts]),
+        **{key: torch.cat([p[name] for p in parts]) for key, name in (
+            ("branch_id", "branch"), ("timesteps", "timesteps"), ("latents", "latents"), ("log_probs", "log_probs"))},
         "prompt_embeds": torch.cat(embeds_all),
         "negative_prompt_embeds": negative_embeds.cpu(),
         "meta": stage_meta(config, plan),
     }
-    images = torch.cat(images_all)
-    stage_paths = plan.paths
-    if config.sample.save_png:
-        os.makedirs(stage_paths.image_dir, exist_ok=True)
-        for image, group, branch in zip(images.numpy(), record["group_id"].tolist(), record["branch_id"].tolist()):
-            save_grid(Image.fromarray(image), os.path.join(stage_paths.image_dir, image_name(group, branch)))
-    atomic_torch_save(images, stage_paths.images)
-    save_samples(record, stage_paths.samples)  # last: its presence means the step finished
+    _write_samples(config, plan.paths, record, torch.cat(images_all))
     seconds = time.time() - started
-    append_metrics(stage_paths.metrics, stage=plan.stage, event="sample", split_step=plan.split_step, num_samples=len(record["prompts"]),
-                   num_groups=int(group_id.max()) + 1, seconds=round(seconds, 2),
+    append_metrics(plan.paths.metrics, stage=plan.stage, event="sample", split_step=plan.split_step,
+                   num_samples=len(record["prompts"]), num_groups=int(group_id.max()) + 1, seconds=round(seconds, 2),
                    sampling_seconds=round(sampling_seconds, 2),
                    images_per_second=round(len(record["prompts"]) / sampling_seconds, 3), **_peak_gpu_memory())
     _track(accelerator, config, plan.stage, {"sample/images_per_second": len(record["prompts"]) / sampling_seconds})
     log.info("stage %d: %d branch samples written to %s in %.1fs", plan.stage, len(record["prompts"]),
-             stage_paths.samples, seconds)
+             plan.paths.samples, seconds)
+
+
+def _write_samples(config, stage_paths: StagePaths, record: dict, images: torch.Tensor) -> None:
+    """PNGs, images.pt, then sample.pkl (last: its presence means sampling finished)."""
+    if config.sample.save_png:
+        for image, group, branch in zip(images.numpy(), record["group_id"].tolist(), record["branch_id"].tolist()):
+            save_grid(Image.fromarray(image), os.path.join(stage_paths.image_dir, image_name(group, branch)))
+    atomic_torch_save(images, stage_paths.images)
+    save_samples(record, stage_paths.samples)
 
 
 def _previous_history(config, plan: StagePlan) -> dict:
