@@ -60,25 +60,41 @@ def _config(model_dir: str, save_path: str):
     return config
 
 
-def bench_sampling(config, repeats: int, out_dir: str) -> dict:
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
-
-    from b2diffurl.files import atomic_torch_save
+def _policy_and_trajectories(config):
+    """The project's pipeline (fresh LoRA), the bench prompts' embeddings, and one stage's branches."""
     from b2diffurl.pipeline import load_pipeline
     from b2diffurl.prompts import encode_prompts
-    from b2diffurl.sampler import decode_images, sample_branches
+    from b2diffurl.sampler import sample_branches
 
     pipe = load_pipeline(config, torch.device("cpu"))
     unet = pipe.unet
     shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    embeds = encode_prompts(pipe.tokenizer, pipe.text_encoder, PROMPTS)
+    negative = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""])
+
+    def sample() -> dict:
+        with torch.no_grad():
+            return sample_branches(unet, pipe.scheduler, embeds, negative, num_steps=T, branch_point=T - S,
+                                   num_branches=K, eta=ETA, guidance_scale=GUIDANCE, latent_shape=shape,
+                                   generator=torch.Generator().manual_seed(0), chunk_size=B * K)
+
+    return pipe, embeds, negative, sample
+
+
+def bench_sampling(config, repeats: int, out_dir: str) -> dict:
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    from b2diffurl.files import atomic_torch_save
+    from b2diffurl.prompts import encode_prompts
+    from b2diffurl.sampler import decode_images
+
+    pipe, _, _, sample = _policy_and_trajectories(config)
     path = os.path.join(out_dir, "bench_sample.pkl")
 
-    def ours():
+    def ours():  # the text encoding is part of a stage's sampling, so it is timed too
         embeds = encode_prompts(pipe.tokenizer, pipe.text_encoder, PROMPTS)
         negative = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""])
-        out = sample_branches(unet, pipe.scheduler, embeds, negative, num_steps=T, branch_point=T - S,
-                              num_branches=K, eta=ETA, guidance_scale=GUIDANCE, latent_shape=shape,
-                              generator=torch.Generator().manual_seed(0), chunk_size=B * K)
+        out = sample()
         images = decode_images(pipe.vae, out["latents"][:, -1])
         atomic_torch_save({**out, "prompt_embeds": embeds, "negative_prompt_embeds": negative}, path)
         atomic_torch_save(images, path + ".images")
@@ -103,21 +119,13 @@ def bench_training(config, repeats: int) -> dict:
     from accelerate import Accelerator
 
     from b2diffurl.guidance import guided_noise
-    from b2diffurl.pipeline import load_pipeline, lora_parameters
-    from b2diffurl.prompts import encode_prompts
-    from b2diffurl.sampler import sample_branches
+    from b2diffurl.pipeline import lora_parameters
     from b2diffurl.samples import subset
     from b2diffurl.trainer import TrainSettings, train_on_samples
 
-    pipe = load_pipeline(config, torch.device("cpu"))
+    pipe, embeds, negative, sample = _policy_and_trajectories(config)
     unet = pipe.unet
-    shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
-    embeds = encode_prompts(pipe.tokenizer, pipe.text_encoder, PROMPTS)
-    negative = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""])
-    with torch.no_grad():
-        out = sample_branches(unet, pipe.scheduler, embeds, negative, num_steps=T, branch_point=T - S,
-                              num_branches=K, eta=ETA, guidance_scale=GUIDANCE, latent_shape=shape,
-                              generator=torch.Generator().manual_seed(0))
+    out = sample()
     record = {"prompts": [PROMPTS[g] for g in out["group"].tolist()], "group_id": out["group"],
               "branch_id": out["branch"], "timesteps": out["timesteps"], "latents": out["latents"],
               "log_probs": out["log_probs"], "prompt_embeds": embeds, "negative_prompt_embeds": negative}
