@@ -92,11 +92,10 @@ def bench_sampling(config, repeats: int, out_dir: str) -> dict:
     path = os.path.join(out_dir, "bench_sample.pkl")
 
     def ours():  # the text encoding is part of a stage's sampling, so it is timed too
-        embeds = encode_prompts(pipe.tokenizer, pipe.text_encoder, PROMPTS)
-        negative = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""])
+        encode_prompts(pipe.tokenizer, pipe.text_encoder, PROMPTS + [""])
         out = sample()
         images = decode_images(pipe.vae, out["latents"][:, -1])
-        atomic_torch_save({**out, "prompt_embeds": embeds, "negative_prompt_embeds": negative}, path)
+        atomic_torch_save(out, path)
         atomic_torch_save(images, path + ".images")
 
     plain = StableDiffusionPipeline.from_pretrained(config.pretrained.model, safety_checker=None)
@@ -128,7 +127,7 @@ def bench_training(config, repeats: int) -> dict:
     out = sample()
     record = {"prompts": [PROMPTS[g] for g in out["group"].tolist()], "group_id": out["group"],
               "branch_id": out["branch"], "timesteps": out["timesteps"], "latents": out["latents"],
-              "log_probs": out["log_probs"], "prompt_embeds": embeds, "negative_prompt_embeds": negative}
+              "log_probs": out["log_probs"]}
     num = 2 * B  # as many as best/worst selection keeps at most
     advantages = torch.from_numpy(np.random.default_rng(0).normal(size=num)).float()
     samples = subset(record, torch.arange(num), advantages=advantages, rewards=advantages)
@@ -138,7 +137,8 @@ def bench_training(config, repeats: int) -> dict:
     accelerator = Accelerator(cpu=True)
 
     def ours():
-        train_on_samples(unet, pipe.scheduler, samples, settings, accelerator, optimizer, torch.Generator().manual_seed(0))
+        train_on_samples(unet, pipe.scheduler, samples, embeds[samples["group_id"]], negative, settings, accelerator,
+                         optimizer, torch.Generator().manual_seed(0))
 
     bs = settings.batch_size
     x, t = samples["latents"][:bs, 0], samples["timesteps"][:bs, 0]

@@ -35,16 +35,22 @@ def choose_prompts(prompts: list[str], count: int, rng: np.random.Generator) -> 
 
 
 def encode_prompts(tokenizer, text_encoder, prompts: list[str]):
-    """CLIP text embeddings [N, L, D] of `prompts`, padded to the tokenizer's max length."""
-    tokens = tokenizer(
-        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-        return_tensors="pt", return_overflowing_tokens=False,
-    )
-    lengths = [len(ids) for ids in tokenizer(prompts).input_ids]
-    for prompt, length in zip(prompts, lengths):
-        if length > tokenizer.model_max_length:
-            log.warning("prompt truncated to %d tokens: %r", tokenizer.model_max_length, prompt)
+    """CLIP text embeddings [N, L, D] of `prompts`, padded to the tokenizer's max length.
+
+    Each distinct prompt is encoded alone (batch of one), so an embedding does not depend on
+    which other prompts share the call: sampling and training rebuild bit-identical embeddings
+    from the prompt text, and sample files need not store them.
+    """
     import torch
 
+    distinct = list(dict.fromkeys(prompts))
+    embeds = {}
     with torch.no_grad():
-        return text_encoder(tokens.input_ids.to(text_encoder.device))[0]
+        for prompt in distinct:
+            ids = tokenizer(prompt).input_ids
+            if len(ids) > tokenizer.model_max_length:
+                log.warning("prompt truncated to %d tokens: %r", tokenizer.model_max_length, prompt)
+            tokens = tokenizer([prompt], padding="max_length", max_length=tokenizer.model_max_length,
+                               truncation=True, return_tensors="pt")
+            embeds[prompt] = text_encoder(tokens.input_ids.to(text_encoder.device))[0]
+    return torch.cat([embeds[p] for p in prompts])

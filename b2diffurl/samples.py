@@ -8,10 +8,9 @@ A record is a dict. Per-sample entries (first dimension N, one row per branch sa
   latents    float [N, s+1, C, H, W] x_b ... x_T, in the sampling dtype
   log_probs  float [N, s]            log π_old(x_{i+1} | x_i), element-averaged
   advantages float [M], rewards float [M]   (selected files only)
-Shared entries:
-  prompt_embeds          float [G, L, D]  text embedding of group g is prompt_embeds[g]
-  negative_prompt_embeds float [1, L, D]  the empty prompt's embedding
-  meta                   dict             T, s, b, K, eta, guidance_scale, model, seed, stage, format_version
+Shared entry:
+  meta       dict                    T, s, b, K, eta, guidance_scale, model, seed, stage, format_version
+Text embeddings are not stored: prompts.encode_prompts rebuilds them bit for bit from `prompts`.
 Files are written with torch.save to a temporary name and renamed, and read with
 torch.load(weights_only=True) only: a sample file cannot run code.
 """
@@ -22,7 +21,7 @@ import torch
 
 from b2diffurl.files import atomic_torch_save
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1 stored prompt_embeds; 2 rebuilds them from the prompts
 PER_SAMPLE = ("group_id", "branch_id", "timesteps", "latents", "log_probs")
 SELECTED_PER_SAMPLE = ("advantages", "rewards")
 META_KEYS = ("num_steps", "split_step", "branch_point", "num_branches", "eta", "guidance_scale",
@@ -35,7 +34,7 @@ class SampleFileError(ValueError):
 
 def validate(record: dict, selected: bool = False) -> None:
     """Check keys, shapes and ids of a record; raise SampleFileError on the first problem."""
-    keys = ("prompts", *PER_SAMPLE, "prompt_embeds", "negative_prompt_embeds", "meta")
+    keys = ("prompts", *PER_SAMPLE, "meta")
     keys += SELECTED_PER_SAMPLE if selected else ()
     missing = [k for k in keys if k not in record]
     if missing:
@@ -57,8 +56,12 @@ def validate(record: dict, selected: bool = False) -> None:
             raise SampleFileError(f"{key} has shape {tuple(record[key].shape)}, expected {shape}")
     if record["latents"].ndim != 5 or record["latents"].shape[1] != s + 1:
         raise SampleFileError(f"latents have shape {tuple(record['latents'].shape)}, expected [{n}, {s + 1}, C, H, W]")
-    if n and (record["group_id"].min() < 0 or record["group_id"].max() >= record["prompt_embeds"].shape[0]):
-        raise SampleFileError("group_id out of range of prompt_embeds")
+    if n and record["group_id"].min() < 0:
+        raise SampleFileError("negative group_id")
+    prompt_of_group = {}
+    for group, prompt in zip(record["group_id"].tolist(), record["prompts"]):
+        if prompt_of_group.setdefault(group, prompt) != prompt:
+            raise SampleFileError(f"group {group} holds two prompts: {prompt_of_group[group]!r} and {prompt!r}")
     if n and (record["branch_id"].min() < 0 or record["branch_id"].max() >= meta["num_branches"]):
         raise SampleFileError("branch_id out of range of num_branches")
 

@@ -48,6 +48,8 @@ def train_on_samples(
     unet,
     scheduler,
     samples: dict,
+    prompt_embeds: torch.Tensor,
+    negative_embeds: torch.Tensor,
     settings: TrainSettings,
     accelerator,
     optimizer: torch.optim.Optimizer,
@@ -55,6 +57,9 @@ def train_on_samples(
     on_optimizer_step: Callable[[dict], None] = lambda info: None,
 ) -> dict:
     """Train `unet`'s LoRA on a selected-sample record (see samples.py); returns stage totals.
+
+    prompt_embeds [M, L, D]: the text embedding of each sample's prompt; negative_embeds
+    [1, L, D]: the empty prompt's (both from prompts.encode_prompts, as sampling made them).
 
     `on_optimizer_step` receives, after each optimiser step, the mean loss, approx KL and clip
     fraction over its micro-steps, the grad norm, and whether the step was skipped (non-finite).
@@ -67,8 +72,8 @@ def train_on_samples(
     old_log_probs = samples["log_probs"].to(device)  # [M, s]
     advantages = weighted_advantages(samples["advantages"].to(device, torch.float32), settings.adv_clip_max,
                                      settings.pos_weight, settings.neg_weight)  # [M]
-    prompt_embeds = samples["prompt_embeds"].to(device)[samples["group_id"].to(device)]  # [M, L, D]
-    negative_embeds = samples["negative_prompt_embeds"].to(device)  # [1, L, D]
+    prompt_embeds = prompt_embeds.to(device)  # [M, L, D]
+    negative_embeds = negative_embeds.to(device)  # [1, L, D]
     params = [p for p in unet.parameters() if p.requires_grad]
     totals = {"optimizer_steps": 0, "skipped_steps": 0}
     unet.train()

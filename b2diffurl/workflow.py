@@ -108,7 +108,7 @@ def sample_stage(config) -> None:
              plan.stage, plan.split_step, plan.branch_point, config.sample.num_batches_per_stage,
              config.sample.batch_size, config.num_branches)
 
-    parts, batch_prompts_all, embeds_all, images_all = [], [], [], []
+    parts, batch_prompts_all, images_all = [], [], []
     sampling_started = time.time()
     for batch in tqdm(range(config.sample.num_batches_per_stage), desc=f"stage {plan.stage} sample"):
         batch_prompts = choose_prompts(prompts, config.sample.batch_size, rng)
@@ -125,7 +125,6 @@ def sample_stage(config) -> None:
         part["group"] += batch * config.sample.batch_size
         parts.append({k: v.cpu() for k, v in part.items()})
         batch_prompts_all += batch_prompts
-        embeds_all.append(prompt_embeds.cpu())
 
     sampling_seconds = time.time() - sampling_started
     group_id = torch.cat([p["group"] for p in parts])
@@ -134,8 +133,6 @@ def sample_stage(config) -> None:
         "group_id": group_id,
         **{key: torch.cat([p[name] for p in parts]) for key, name in (
             ("branch_id", "branch"), ("timesteps", "timesteps"), ("latents", "latents"), ("log_probs", "log_probs"))},
-        "prompt_embeds": torch.cat(embeds_all),
-        "negative_prompt_embeds": negative_embeds.cpu(),
         "meta": stage_meta(config, plan),
     }
     _write_samples(config, plan.paths, record, torch.cat(images_all))
@@ -252,8 +249,10 @@ def train_stage(config) -> None:
     generator = torch.Generator().manual_seed(plan.seed)
     log.info("stage %d: training on %d selected samples x %d steps", plan.stage, num_samples, plan.split_step)
     training_started = time.time()
-    totals = train_on_samples(unet, pipe.scheduler, samples, TrainSettings.from_config(config), accelerator,
-                              optimizer, generator, on_optimizer_step)
+    prompt_embeds = encode_prompts(pipe.tokenizer, pipe.text_encoder, samples["prompts"])  # as sampling made them
+    negative_embeds = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""])
+    totals = train_on_samples(unet, pipe.scheduler, samples, prompt_embeds, negative_embeds,
+                              TrainSettings.from_config(config), accelerator, optimizer, generator, on_optimizer_step)
     state.update(totals, skipped=False)
     save_checkpoint(accelerator.unwrap_model(unet), stage_paths.checkpoint, optimizer,
                     {**state, "config": config.to_dict()})

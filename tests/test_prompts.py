@@ -53,3 +53,14 @@ def test_encode_prompts_pads_to_the_tokenizer_length_and_warns_on_truncation(tin
     with caplog.at_level("WARNING"):
         encode_prompts(tokenizer, text_encoder, [" ".join(["apple"] * 100)])
     assert "truncated" in caplog.text
+
+
+def test_an_embedding_does_not_depend_on_the_other_prompts_of_the_call(tiny_model_dir):
+    """Sampling and training rebuild embeddings from the text in different batches: bit for bit."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(f"{tiny_model_dir}/tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(f"{tiny_model_dir}/text_encoder")
+    together = encode_prompts(tokenizer, text_encoder, ["a red apple", "a blue plum", "a red apple", "a green pear"])
+    alone = encode_prompts(tokenizer, text_encoder, ["a blue plum"])
+    assert torch.equal(together[1], alone[0]) and torch.equal(together[0], together[2])

@@ -26,19 +26,25 @@ def _selected_record(pipe, advantages):
                           generator=torch.Generator().manual_seed(0))
     record = {"prompts": [prompts[g] for g in out["group"].tolist()], "group_id": out["group"],
               "branch_id": out["branch"], "timesteps": out["timesteps"], "latents": out["latents"],
-              "log_probs": out["log_probs"], "prompt_embeds": embeds, "negative_prompt_embeds": negative}
+              "log_probs": out["log_probs"]}
     adv = torch.tensor(advantages, dtype=torch.float32)
     return subset(record, torch.arange(4), advantages=adv, rewards=adv)
 
 
+def _embeds(pipe, record):
+    """Each sample's prompt embedding [M, L, D] and the empty prompt's [1, L, D], as sampling made them."""
+    return (encode_prompts(pipe.tokenizer, pipe.text_encoder, record["prompts"]),
+            encode_prompts(pipe.tokenizer, pipe.text_encoder, [""]))
+
+
 def _log_probs(pipe, record):
     rows = torch.arange(len(record["prompts"]))
-    embeds = record["prompt_embeds"][record["group_id"]]
+    embeds, negative = _embeds(pipe, record)
     out = []
     with torch.no_grad():
         for j in range(record["log_probs"].shape[1]):
             x, t = record["latents"][:, j], record["timesteps"][:, j]
-            eps = guided_noise(pipe.unet, x, t, embeds[rows], record["negative_prompt_embeds"], 5.0)
+            eps = guided_noise(pipe.unet, x, t, embeds[rows], negative, 5.0)
             out.append(ddim_step_with_log_prob(pipe.scheduler, eps, t, x, 1.0, prev_sample=record["latents"][:, j + 1])[1])
     return torch.stack(out, dim=1)
 
@@ -53,8 +59,8 @@ def test_training_raises_log_prob_of_good_and_lowers_it_for_bad_samples(tiny_con
     params = lora_parameters(pipe.unet)
     optimizer = torch.optim.AdamW(params, lr=3e-4)
     seen = []
-    totals = train_on_samples(pipe.unet, pipe.scheduler, record, settings, Accelerator(cpu=True), optimizer,
-                              torch.Generator().manual_seed(0), seen.append)
+    totals = train_on_samples(pipe.unet, pipe.scheduler, record, *_embeds(pipe, record), settings,
+                              Accelerator(cpu=True), optimizer, torch.Generator().manual_seed(0), seen.append)
     assert totals == {"optimizer_steps": 6, "skipped_steps": 0} and len(seen) == 6
     assert seen[0]["approx_kl"] < 1e-10  # first step: the policy is still π_old
     assert all(np.isfinite(s["grad_norm"]) and s["grad_norm"] > 0 for s in seen)
@@ -99,7 +105,7 @@ def test_a_non_finite_loss_skips_the_optimiser_step_and_is_counted(tiny_config):
     params = lora_parameters(pipe.unet)
     before = [p.detach().clone() for p in params]
     seen = []
-    totals = train_on_samples(pipe.unet, pipe.scheduler, record, settings, Accelerator(cpu=True),
-                              torch.optim.AdamW(params, lr=1e-3), torch.Generator().manual_seed(0), seen.append)
+    totals = train_on_samples(pipe.unet, pipe.scheduler, record, *_embeds(pipe, record), settings,
+                              Accelerator(cpu=True), torch.optim.AdamW(params, lr=1e-3), torch.Generator().manual_seed(0), seen.append)
     assert totals == {"optimizer_steps": 2, "skipped_steps": 2} and all(s["skipped"] for s in seen)
     assert all(torch.equal(a, b) for a, b in zip(before, params))  # no NaN reached the weights
