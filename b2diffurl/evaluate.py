@@ -35,7 +35,7 @@ def main(config) -> None:
     from b2diffurl.pipeline import load_pipeline, make_accelerator
     from b2diffurl.prompts import load_prompts
     from b2diffurl.rewards import build_reward, score_images
-    from b2diffurl.sampler import generate_images
+    from b2diffurl.sampler import generate_with_config
 
     log = setup_logging()
     prompt_file = PROMPT_FILE.value or config.eval.prompt_file
@@ -58,12 +58,7 @@ def main(config) -> None:
     embed, embedding_name = build_embedder(config, accelerator.device)
 
     def evaluate(name: str) -> dict:
-        with accelerator.autocast():
-            images, expanded = generate_images(
-                pipe, prompts, num_images, num_steps=config.sample.num_steps, eta=config.sample.eta,
-                guidance_scale=config.sample.guidance_scale, seed=config.seed, batch_size=config.sample.batch_size * config.num_branches,
-                chunk_size=config.sample.unet_chunk_size, progress=True,
-            )
+        images, expanded = generate_with_config(pipe, accelerator, config, prompts, num_images, seed=config.seed)
         images = images.numpy()
         scores = score_images(reward, images, expanded, config.reward.batch_size)
         result = summarise(expanded, scores, embed(images))

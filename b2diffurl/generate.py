@@ -36,7 +36,7 @@ def main(config) -> None:
     from b2diffurl.grids import image_grid, save_grid
     from b2diffurl.logs import setup_logging
     from b2diffurl.pipeline import load_pipeline, make_accelerator
-    from b2diffurl.sampler import generate_images
+    from b2diffurl.sampler import generate_with_config
 
     log = setup_logging()
     if not PROMPT.value:
@@ -47,13 +47,8 @@ def main(config) -> None:
     pipe = load_pipeline(config, accelerator.device)
     if LORA.value:
         load_lora(pipe.unet, LORA.value)
-    eta = config.sample.eta if ETA.value is None else ETA.value
-    with accelerator.autocast():
-        images, prompts = generate_images(
-            pipe, PROMPT.value, NUM_IMAGES.value, num_steps=config.sample.num_steps, eta=eta,
-            guidance_scale=config.sample.guidance_scale, seed=SEED.value, batch_size=config.sample.batch_size * config.num_branches,
-            chunk_size=config.sample.unet_chunk_size, progress=True,
-        )
+    images, prompts = generate_with_config(pipe, accelerator, config, PROMPT.value, NUM_IMAGES.value,
+                                           seed=SEED.value, eta=ETA.value)
     images = images.numpy()
     os.makedirs(OUT.value, exist_ok=True)
     for i, (image, prompt) in enumerate(zip(images, prompts)):

@@ -119,3 +119,16 @@ def generate_images(pipe, prompts: list[str], num_images_per_prompt: int, *, num
                               generator=generator, chunk_size=chunk_size, dtype=unet.dtype, with_log_probs=False)
         images.append(decode_images(pipe.vae, out["latents"][:, -1], chunk_size))
     return torch.cat(images), expanded
+
+
+def generate_with_config(pipe, accelerator, config, prompts: list[str], num_images_per_prompt: int, *, seed: int,
+                         eta: float | None = None) -> tuple[torch.Tensor, list[str]]:
+    """generate_images with a run's sampling settings (T, w, eta unless given, B·K latents a batch,
+    the UNet chunk size) under the accelerator's autocast: what generate and evaluate use."""
+    with accelerator.autocast():
+        return generate_images(
+            pipe, prompts, num_images_per_prompt, num_steps=config.sample.num_steps,
+            eta=config.sample.eta if eta is None else eta, guidance_scale=config.sample.guidance_scale, seed=seed,
+            batch_size=config.sample.batch_size * config.num_branches, chunk_size=config.sample.unet_chunk_size,
+            progress=True,
+        )

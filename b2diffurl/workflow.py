@@ -198,16 +198,16 @@ def select_stage(config) -> None:
 
     positive = int((advantages[chosen] > 0).sum())
     finite_scores = scores[finite] if finite.any() else np.full(1, np.nan)
+    reward_stats = {"mean": finite_scores.mean(), "std": finite_scores.std(), "max": finite_scores.max(),
+              "min": finite_scores.min()}
+    counts = {"selected": len(chosen), "positive": positive, "negative": len(chosen) - positive}
     append_metrics(stage_paths.metrics, stage=plan.stage, event="select", split_step=plan.split_step,
-                   reward_mean=finite_scores.mean(), reward_std=finite_scores.std(), reward_max=finite_scores.max(),
-                   reward_min=finite_scores.min(), num_samples=len(scores), num_selected=len(chosen),
-                   num_positive=positive, num_negative=len(chosen) - positive,
-                   num_nonfinite_rewards=int((~finite).sum()))
-    _track(accelerator, config, plan.stage, {
-        "reward/mean": finite_scores.mean(), "reward/std": finite_scores.std(), "reward/max": finite_scores.max(),
-        "reward/min": finite_scores.min(), "selection/selected": len(chosen), "selection/positive": positive,
-        "selection/negative": len(chosen) - positive}, images={"best_worst": grid} if grid is not None else None)
-    log.info("stage %d: reward mean %.4f, selected %d of %d (%d positive)", plan.stage, finite_scores.mean(),
+                   **{f"reward_{k}": v for k, v in reward_stats.items()}, num_samples=len(scores),
+                   **{f"num_{k}": v for k, v in counts.items()}, num_nonfinite_rewards=int((~finite).sum()))
+    _track(accelerator, config, plan.stage,
+           {**{f"reward/{k}": v for k, v in reward_stats.items()}, **{f"selection/{k}": v for k, v in counts.items()}},
+           images={"best_worst": grid} if grid is not None else None)
+    log.info("stage %d: reward mean %.4f, selected %d of %d (%d positive)", plan.stage, reward_stats["mean"],
              len(chosen), len(scores), positive)
 
 
