@@ -11,7 +11,11 @@
 # marker); an interrupted stage is redone from its start, earlier stages are left untouched.
 # Every eval.every stages and after the last, the stage's LoRA is evaluated on held-out prompts
 # (stage{k}/evaluation.json); at the end the run's curves are drawn into {run}/report.png.
-# Set PYTHON to run the scripts with another interpreter.
+# Set PYTHON to run the scripts with another interpreter, and LAUNCH to run the three stage
+# scripts under a launcher, for example on 8 GPUs:
+#   LAUNCH="accelerate launch --multi_gpu --num_processes 8" bash run_process.sh
+# (sampling is sharded over the processes, training uses DDP, selection runs on the main one;
+# on a CPU-only machine the same command runs N CPU processes over gloo).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -24,6 +28,7 @@ elif [[ $# -gt 1 && $1 == --config ]]; then
   shift 2
 fi
 PYTHON=${PYTHON:-python}
+LAUNCH=${LAUNCH:-$PYTHON}
 ARGS=(--config "$CONFIG" "$@")
 
 # Checks the config and that the models can be had, before anything runs.
@@ -44,7 +49,7 @@ for ((stage = first_stage; stage < num_stages; stage++)); do
   : >"$log_file"
   for script in run_sample.py run_select.py run_train.py; do
     echo "=== stage $stage/$num_stages: $script" | tee -a "$log_file"
-    $PYTHON "$script" "${ARGS[@]}" --config.stage "$stage" 2>&1 | tee -a "$log_file"
+    $LAUNCH "$script" "${ARGS[@]}" --config.stage "$stage" 2>&1 | tee -a "$log_file"
   done
   if ((eval_every > 0 && ((stage + 1) % eval_every == 0 || stage == num_stages - 1))); then
     echo "=== stage $stage/$num_stages: evaluation on held-out prompts" | tee -a "$log_file"

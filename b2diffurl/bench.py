@@ -1,7 +1,8 @@
-"""Side-by-side speed, file-size and memory figures on the tiny model (issue: performance).
+"""Side-by-side speed, file-size and memory figures (issue: performance).
 
-    python -m b2diffurl.bench                 # prints `name: value` lines
-    python -m b2diffurl.bench --repeats 5
+    python -m b2diffurl.bench                          # tiny model built here, CPU or GPU
+    python -m b2diffurl.bench --repeats 3             # a quicker, noisier look
+    python -m b2diffurl.bench --model /tmp/sd-random --mixed_precision fp16 --num_branches 5
 
 Every ratio is measured in this one run, against a reference measured right beside it:
 - sample_ratio: our stage sampling (B prompts, K branches, T steps, CFG, log-probs, decoding
@@ -11,12 +12,17 @@ Every ratio is measured in this one run, against a reference measured right besi
   forward+backward with CFG on the same shapes.
 - sample_file_ratio: bytes of sample.pkl per branch sample over the original layout's
   2·T latents per sample in the same dtype.
-- peak_rss_mb_*: peak resident memory of each of the three scripts on one stage.
-Medians of --repeats runs after one warm-up; the machine's noise is in the spread, printed too.
+- peak_rss_mb_*: peak resident memory of each of the three scripts on one stage (and their
+  peak GPU memory on a GPU).
+The two sides of a ratio are timed alternately, --repeats times each after one warm-up; a ratio
+is the median of the per-pair ratios, and their spread (max - min) is printed too.
+Without --model the benchmark builds the tiny model with 64-pixel images (16x16 latents), so
+that the UNet's work, not per-call interpreter overhead, dominates on a CPU.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import statistics
 import subprocess
@@ -28,180 +34,246 @@ import numpy as np
 import torch
 from absl import app, flags
 
-REPEATS = flags.DEFINE_integer("repeats", 3, "timed runs per figure (after one warm-up)")
-B, K, T, S = 8, 4, 20, 14  # prompts per batch, branches, steps, split step: compute-dominated on 2 cores
+MODEL = flags.DEFINE_string("model", "", "diffusers folder to measure; '' builds the tiny model at 64 px")
+REPEATS = flags.DEFINE_integer("repeats", 9, "timed runs of each side of a ratio, alternating, after one warm-up")
+BATCH = flags.DEFINE_integer("batch_size", 8, "B, prompts per sampling batch")
+BRANCHES = flags.DEFINE_integer("num_branches", 4, "K, branches per group")
+STEPS = flags.DEFINE_integer("num_steps", 20, "T, DDIM steps")
+SPLIT = flags.DEFINE_integer("split_step", 14, "s, trained steps")
+SCRIPTS = flags.DEFINE_bool("scripts", True, "also run the three scripts for their peak memory and the sample file")
+PRECISION = flags.DEFINE_enum("mixed_precision", "no", ["no", "fp16", "bf16"], "dtype of the frozen models")
 GUIDANCE, ETA = 5.0, 1.0
 PROMPTS = ["a red apple", "a blue plum", "a green pear", "a yellow lemon", "a purple grape", "a black tomato",
            "a white onion", "an orange carrot"]
 
 
-def _median_time(fn, repeats: int) -> tuple[float, float]:
-    """(median, max - min) of `repeats` timed calls after one warm-up call."""
-    fn()
-    times = []
+def _prompts() -> list[str]:
+    """B prompts (the list repeated as needed)."""
+    return [PROMPTS[i % len(PROMPTS)] for i in range(BATCH.value)]
+
+
+def _synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _paired_times(ours, reference, repeats: int) -> dict:
+    """Time `ours` and `reference` alternately, `repeats` times each after one warm-up call of
+    each, so that the machine's slow and fast spells fall on both alike. Returns the median
+    seconds of each, and the median and spread (max - min) of the per-pair ratios."""
+    ours(), reference()
+    pairs = []
     for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times), max(times) - min(times)
+        pair = []
+        for fn in (ours, reference):
+            _synchronize()
+            started = time.perf_counter()
+            fn()
+            _synchronize()
+            pair.append(time.perf_counter() - started)
+        pairs.append(pair)
+    ratios = [a / b for a, b in pairs]
+    logging.getLogger(__name__).info("pair ratios: %s", " ".join(f"{r:.3f}" for r in ratios))
+    return {"ours": statistics.median(a for a, _ in pairs), "reference": statistics.median(b for _, b in pairs),
+            "ratio": statistics.median(ratios), "ratio_spread": max(ratios) - min(ratios)}
 
 
-def _config(model_dir: str, save_path: str):
+def _overrides(model_dir: str, save_path: str) -> dict:
+    """Config overrides (dotted keys) of the benchmark's stage, shared by the in-process figures
+    and the scripts."""
+    b, k = BATCH.value, BRANCHES.value
+    return {"pretrained.model": model_dir, "pretrained.build_tiny": False, "save_path": save_path,
+            "log_dir": os.path.join(save_path, "log"), "mixed_precision": PRECISION.value,
+            "sample.num_steps": STEPS.value, "sample.batch_size": b, "num_branches": k,
+            "sample.num_batches_per_stage": 1, "sample.unet_chunk_size": b * k, "split_step": SPLIT.value,
+            "tensorboard": False, "sample.save_png": False, "train.batch_size": 4,
+            "train.gradient_accumulation_steps": 4, "train.num_epochs": 1,
+            "eval.pos_threshold": 0.0, "eval.neg_threshold": 0.0}  # train on two samples of every group
+
+
+def _config(overrides: dict):
     from config import tiny
 
     config = tiny.get_config()
-    config.pretrained.model, config.pretrained.build_tiny = model_dir, False
-    config.save_path, config.log_dir = save_path, os.path.join(save_path, "log")
-    config.sample.num_steps, config.sample.batch_size, config.num_branches = T, B, K
-    config.sample.num_batches_per_stage, config.sample.unet_chunk_size = 1, B * K
-    config.split_step, config.tensorboard, config.sample.save_png = S, False, False
-    config.train.batch_size, config.train.gradient_accumulation_steps, config.train.num_epochs = 4, 4, 1
-    config.eval.pos_threshold = config.eval.neg_threshold = 0.0  # train on two samples of every group
+    for key, value in overrides.items():
+        *groups, name = key.split(".")
+        node = config
+        for group in groups:
+            node = node[group]
+        node[name] = value
     return config
 
 
-def _policy_and_trajectories(config):
+def _policy_and_trajectories(config, accelerator):
     """The project's pipeline (fresh LoRA), the bench prompts' embeddings, and one stage's branches."""
-    from b2diffurl.pipeline import load_pipeline
+    from b2diffurl.pipeline import load_pipeline, lora_merged
     from b2diffurl.prompts import encode_prompts
     from b2diffurl.sampler import sample_branches
 
-    pipe = load_pipeline(config, torch.device("cpu"))
+    pipe = load_pipeline(config, accelerator.device)
     unet = pipe.unet
     shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
-    embeds = encode_prompts(pipe.tokenizer, pipe.text_encoder, PROMPTS)
+    embeds = encode_prompts(pipe.tokenizer, pipe.text_encoder, _prompts())
     negative = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""])
+    t, s, k = STEPS.value, SPLIT.value, BRANCHES.value
 
-    def sample() -> dict:
-        with torch.no_grad():
-            return sample_branches(unet, pipe.scheduler, embeds, negative, num_steps=T, branch_point=T - S,
-                                   num_branches=K, eta=ETA, guidance_scale=GUIDANCE, latent_shape=shape,
-                                   generator=torch.Generator().manual_seed(0), chunk_size=B * K)
+    def sample() -> dict:  # as run_sample.py samples: the LoRA merged if sample.merge_lora
+        with torch.no_grad(), accelerator.autocast(), lora_merged(unet, config.sample.merge_lora):
+            return sample_branches(unet, pipe.scheduler, embeds, negative, num_steps=t, branch_point=t - s,
+                                   num_branches=k, eta=ETA, guidance_scale=GUIDANCE, latent_shape=shape,
+                                   generator=torch.Generator().manual_seed(0), chunk_size=len(embeds) * k,
+                                   dtype=unet.dtype)
 
     return pipe, embeds, negative, sample
 
 
-def bench_sampling(config, repeats: int, out_dir: str) -> dict:
+def bench_sampling(config, accelerator, repeats: int, out_dir: str) -> dict:
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     from b2diffurl.files import atomic_torch_save
+    from b2diffurl.pipeline import weight_dtype
     from b2diffurl.prompts import encode_prompts
     from b2diffurl.sampler import decode_images
 
-    pipe, _, _, sample = _policy_and_trajectories(config)
+    pipe, embeds, _, sample = _policy_and_trajectories(config, accelerator)
+    prompts = _prompts()
     path = os.path.join(out_dir, "bench_sample.pkl")
 
     def ours():  # the text encoding is part of a stage's sampling, so it is timed too
-        encode_prompts(pipe.tokenizer, pipe.text_encoder, PROMPTS + [""])
+        encode_prompts(pipe.tokenizer, pipe.text_encoder, prompts + [""])
         out = sample()
-        images = decode_images(pipe.vae, out["latents"][:, -1])
-        atomic_torch_save(out, path)
+        with accelerator.autocast():
+            images = decode_images(pipe.vae, out["latents"][:, -1], config.sample.decode_chunk_size)
+        atomic_torch_save({k: v.cpu() for k, v in out.items()}, path)
         atomic_torch_save(images, path + ".images")
 
-    plain = StableDiffusionPipeline.from_pretrained(config.pretrained.model, safety_checker=None)
+    plain = StableDiffusionPipeline.from_pretrained(config.pretrained.model, safety_checker=None,
+                                                    dtype=weight_dtype(config)).to(accelerator.device)
     plain.scheduler = DDIMScheduler.from_config(plain.scheduler.config)
     plain.set_progress_bar_config(disable=True)
 
     def reference():
-        plain([p for p in PROMPTS for _ in range(K)], num_inference_steps=T, guidance_scale=GUIDANCE, eta=ETA,
-              generator=torch.Generator().manual_seed(0), output_type="np")
+        plain([p for p in prompts for _ in range(BRANCHES.value)], num_inference_steps=STEPS.value,
+              guidance_scale=GUIDANCE, eta=ETA, generator=torch.Generator().manual_seed(0), output_type="np")
 
     with torch.no_grad():
-        ours_s, ours_spread = _median_time(ours, repeats)
-        ref_s, ref_spread = _median_time(reference, repeats)
-    return {"sample_seconds": ours_s, "sample_spread_seconds": ours_spread, "diffusers_seconds": ref_s,
-            "diffusers_spread_seconds": ref_spread, "sample_ratio": ours_s / ref_s,
-            "unet_eval_ratio": (B * (T - S) + B * K * S) / (B * K * T)}
+        timed = _paired_times(ours, reference, repeats)
+    b, k, t, s = len(prompts), BRANCHES.value, STEPS.value, SPLIT.value
+    return {"sample_seconds": timed["ours"], "diffusers_seconds": timed["reference"],
+            "sample_images_per_second": b * k / timed["ours"], "diffusers_images_per_second": b * k / timed["reference"],
+            "sample_ratio": timed["ratio"], "sample_ratio_spread": timed["ratio_spread"],
+            "unet_eval_ratio": (b * (t - s) + b * k * s) / (b * k * t)}
 
 
-def bench_training(config, repeats: int) -> dict:
-    from accelerate import Accelerator
-
+def bench_training(config, accelerator, repeats: int) -> dict:
     from b2diffurl.guidance import guided_noise
     from b2diffurl.pipeline import lora_parameters
     from b2diffurl.samples import subset
-    from b2diffurl.trainer import TrainSettings, train_on_samples
+    from b2diffurl.trainer import TrainSettings, build_optimizer, train_on_samples
 
-    pipe, embeds, negative, sample = _policy_and_trajectories(config)
-    unet = pipe.unet
-    out = sample()
-    record = {"prompts": [PROMPTS[g] for g in out["group"].tolist()], "group_id": out["group"],
+    pipe, embeds, negative, sample = _policy_and_trajectories(config, accelerator)
+    out = {k: v.cpu() for k, v in sample().items()}
+    record = {"prompts": [_prompts()[g] for g in out["group"].tolist()], "group_id": out["group"],
               "branch_id": out["branch"], "timesteps": out["timesteps"], "latents": out["latents"],
               "log_probs": out["log_probs"]}
-    num = 2 * B  # as many as best/worst selection keeps at most
+    num = 2 * len(embeds)  # as many as best/worst selection keeps at most
     advantages = torch.from_numpy(np.random.default_rng(0).normal(size=num)).float()
     samples = subset(record, torch.arange(num), advantages=advantages, rewards=advantages)
     settings = TrainSettings.from_config(config)
-    params = lora_parameters(unet)
-    optimizer = torch.optim.AdamW(params, lr=1e-5)
-    accelerator = Accelerator(cpu=True)
+    params = lora_parameters(pipe.unet)
+    unet, optimizer = accelerator.prepare(pipe.unet, build_optimizer(config, params))
+    embeds = embeds.to(accelerator.device)
 
     def ours():
         train_on_samples(unet, pipe.scheduler, samples, embeds[samples["group_id"]], negative, settings, accelerator,
                          optimizer, torch.Generator().manual_seed(0))
 
     bs = settings.batch_size
-    x, t = samples["latents"][:bs, 0], samples["timesteps"][:bs, 0]
+    device = accelerator.device
+    x, t = samples["latents"][:bs, 0].to(device), samples["timesteps"][:bs, 0].to(device)
     text = embeds[samples["group_id"][:bs]]
 
     def bare():
         for _ in range(num // bs):
-            guided_noise(unet, x, t, text, negative, GUIDANCE).float().mean().backward()
+            with accelerator.autocast():
+                loss = guided_noise(unet, x, t, text, negative, GUIDANCE).float().mean()
+            accelerator.backward(loss)
         optimizer.zero_grad(set_to_none=True)
 
-    ours_s, _ = _median_time(ours, repeats)
-    bare_s, _ = _median_time(bare, repeats)
-    per_pair, bare_per_pair = ours_s / (num * S), bare_s / num
-    return {"train_seconds_per_pair": per_pair, "bare_seconds_per_pair": bare_per_pair,
-            "train_ratio": per_pair / bare_per_pair}
+    timed = _paired_times(ours, bare, repeats)
+    pairs = num * SPLIT.value  # trained (sample, step) pairs of one `ours` call; `bare` does `num`
+    return {"train_seconds_per_pair": timed["ours"] / pairs, "bare_seconds_per_pair": timed["reference"] / num,
+            "train_ratio": timed["ratio"] * num / pairs, "train_ratio_spread": timed["ratio_spread"] * num / pairs}
 
 
-def bench_scripts(config, model_dir: str) -> dict:
-    """Peak RSS (MB) of each script on one stage, and the sample file's size ratio."""
+# Run a script in this interpreter and report its peak resident memory. VmHWM is the peak of
+# this process image; ru_maxrss would also count the parent's memory, inherited through fork.
+_PEAK_WRAPPER = """\
+import runpy, sys
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_path(sys.argv[0], run_name='__main__')
+finally:
+    with open('/proc/self/status') as f:
+        peak = [line.split()[1] for line in f if line.startswith('VmHWM')][0]
+    print('PEAK_RSS_KB', peak, file=sys.stderr)
+"""
+
+
+def bench_scripts(config, overrides: dict) -> dict:
+    """Peak RSS (MB) of each script on one stage, their peak GPU memory, and the sample file's size ratio."""
+    from b2diffurl.logs import read_metrics
     from b2diffurl.samples import load_samples
     from b2diffurl.stages import plan_stage
 
-    wrapper = ("import resource, runpy, sys\nsys.argv = sys.argv[1:]\ntry:\n"
-               "    runpy.run_path(sys.argv[0], run_name='__main__')\nfinally:\n"
-               "    print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n")
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    overrides = ["--config", "config/tiny.py", "--config.pretrained.model", model_dir,
-                 "--config.pretrained.build_tiny=False", "--config.save_path", config.save_path,
-                 "--config.log_dir", config.log_dir, "--config.sample.num_steps", str(T),
-                 "--config.sample.batch_size", str(B), "--config.num_branches", str(K),
-                 "--config.sample.num_batches_per_stage", "1", "--config.split_step", str(S),
-                 "--config.tensorboard=False", "--config.sample.save_png=False"]
+    flags_ = ["--config", "config/tiny.py"]
+    for key, value in overrides.items():
+        flags_ += [f"--config.{key}={value}"] if isinstance(value, bool) else [f"--config.{key}", str(value)]
     figures = {}
     for script in ("run_sample.py", "run_select.py", "run_train.py"):
-        result = subprocess.run([sys.executable, "-c", wrapper, script, *overrides], cwd=repo, capture_output=True,
-                                text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        result = subprocess.run([sys.executable, "-c", _PEAK_WRAPPER, script, *flags_], cwd=repo,
+                                capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         if result.returncode != 0:
             raise RuntimeError(f"{script} failed: {result.stderr[-2000:]}")
         peak = [line for line in result.stderr.splitlines() if line.startswith("PEAK_RSS_KB")][-1]
         figures[f"peak_rss_mb_{script[4:-3]}"] = int(peak.split()[1]) / 1024
-    path = plan_stage(config).paths.samples
-    record = load_samples(path)
+    paths = plan_stage(config).paths
+    for record in read_metrics(paths.metrics):
+        if "peak_gpu_memory_gb" in record:
+            figures[f"peak_gpu_memory_gb_{record['event']}"] = record["peak_gpu_memory_gb"]
+    record = load_samples(paths.samples)
     latent = record["latents"][0, 0]
-    original = 2 * T * latent.numel() * latent.element_size()
-    figures["sample_file_ratio"] = os.path.getsize(path) / len(record["prompts"]) / original
-    figures["sample_file_target"] = (S + 1) / (2 * T) + 0.05
+    t, s = STEPS.value, SPLIT.value
+    original = 2 * t * latent.numel() * latent.element_size()
+    figures["sample_file_ratio"] = os.path.getsize(paths.samples) / len(record["prompts"]) / original
+    figures["sample_file_target"] = (s + 1) / (2 * t) + 0.05
     return figures
 
 
 def main(argv) -> None:
     from b2diffurl.logs import setup_logging
+    from b2diffurl.pipeline import make_accelerator
     from b2diffurl.tiny import save_tiny_pipeline
 
     setup_logging()
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = save_tiny_pipeline(os.path.join(tmp, "tiny-sd"))
-        config = _config(model_dir, os.path.join(tmp, "runs"))
-        figures = {"num_steps": T, "split_step": S, "batch_size": B, "num_branches": K,
-                   "torch_threads": torch.get_num_threads()}
-        figures.update(bench_sampling(config, REPEATS.value, tmp))
-        figures.update(bench_training(config, REPEATS.value))
-        figures.update(bench_scripts(config, model_dir))
+        model_dir = MODEL.value or save_tiny_pipeline(os.path.join(tmp, "tiny-sd"), image_size=64)
+        overrides = _overrides(model_dir, os.path.join(tmp, "runs"))
+        config = _config(overrides)
+        accelerator = make_accelerator(config)
+        figures = {"device": str(accelerator.device), "mixed_precision": config.mixed_precision,
+                   "num_steps": STEPS.value, "split_step": SPLIT.value, "batch_size": BATCH.value,
+                   "num_branches": BRANCHES.value, "torch_threads": torch.get_num_threads()}
+        if torch.cuda.is_available():
+            figures["gpu"] = torch.cuda.get_device_name()
+        figures.update(bench_sampling(config, accelerator, REPEATS.value, tmp))
+        figures.update(bench_training(config, accelerator, REPEATS.value))
+        if SCRIPTS.value:
+            figures.update(bench_scripts(config, overrides))
+    figures["sample_ratio_target"] = 1.15 * figures["unet_eval_ratio"]
+    figures["train_ratio_target"] = 1.15
     for name, value in figures.items():
         print(f"{name}: {value:.4g}" if isinstance(value, float) else f"{name}: {value}")
 

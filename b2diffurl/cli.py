@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from typing import Callable
@@ -37,7 +38,7 @@ def check_config(config) -> None:
     _require(num_steps >= 1, "sample.num_steps", "an integer >= 1", num_steps)
     _require(config.sample.eta > 0, "sample.eta", "> 0 (every step needs a density)", config.sample.eta)
     _require(config.num_branches >= 1, "num_branches", "an integer >= 1", config.num_branches)
-    for key in ("sample.batch_size", "sample.num_batches_per_stage", "sample.unet_chunk_size",
+    for key in ("sample.batch_size", "sample.num_batches_per_stage", "sample.unet_chunk_size", "sample.decode_chunk_size",
                 "train.batch_size", "train.gradient_accumulation_steps", "train.num_epochs",
                 "stages.num_stages", "eval.history_cnt", "reward.batch_size"):
         group, name = key.split(".")
@@ -54,6 +55,9 @@ def check_config(config) -> None:
              f">= eval.neg_threshold={config.eval.neg_threshold}", config.eval.pos_threshold)
     _require(config.mixed_precision in MIXED_PRECISION, "mixed_precision", " / ".join(MIXED_PRECISION),
              config.mixed_precision)
+    _require(not config.train.use_8bit_adam or importlib.util.find_spec("bitsandbytes") is not None,
+             "train.use_8bit_adam", "True only with bitsandbytes installed (pip install bitsandbytes)",
+             config.train.use_8bit_adam)
     rewards.check_reward_config(config.reward)  # names, weighted components, a user function, aesthetic weights
     _require(config.eval.selection in selection.SELECTIONS, "eval.selection",
              ", ".join(sorted(selection.SELECTIONS)), config.eval.selection)

@@ -7,10 +7,13 @@ A stage folder is the unit of work: a stage is complete once its `COMPLETE` mark
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
 import re
 
-SAMPLE_FILE = "sample.pkl"  # every branch trajectory of the stage
+SAMPLE_FILE = "sample.pkl"  # every branch trajectory of the stage (one process)
+SAMPLE_SHARD = "sample.{rank}-of-{num}.pkl"  # rank's part of it, when N processes sample (accelerate launch)
+IMAGES_SHARD = "images.{rank}-of-{num}.pt"  # rank's decoded images
 SELECTED_FILE = "sample_stage.pkl"  # the selected trajectories with advantages
 IMAGES_FILE = "images.pt"  # uint8 [N, H, W, 3] decoded images, in sample-file order
 IMAGE_DIR = "images"  # PNGs named g{group}_b{branch}.png
@@ -55,6 +58,31 @@ class StagePaths:
 
     def is_complete(self) -> bool:
         return os.path.exists(self.complete_marker)
+
+    def shard(self, rank: int, num_processes: int) -> tuple[str, str]:
+        """(sample file, images file) that process `rank` of `num_processes` writes: sample.pkl
+        and images.pt for one process, sample.{rank}-of-{N}.pkl and images.{rank}-of-{N}.pt else."""
+        if num_processes == 1:
+            return self.samples, self.images
+        names = (SAMPLE_SHARD, IMAGES_SHARD)
+        return tuple(self._file(name.format(rank=rank, num=num_processes)) for name in names)
+
+    def sample_shards(self) -> list[tuple[str, str]]:
+        """The (sample file, images file) pairs sampling left, in rank order. Raises
+        FileNotFoundError naming what is missing when no file or not every rank's is there."""
+        if os.path.exists(self.samples):
+            return [(self.samples, self.images)]
+        found = glob.glob(self._file(SAMPLE_SHARD.format(rank="*", num="*")))
+        counts = {int(m.group(1)) for f in found if (m := re.search(r"-of-(\d+)\.pkl$", f))}
+        if len(counts) != 1:
+            what = "no sample file" if not counts else f"shards of runs with {sorted(counts)} processes"
+            raise FileNotFoundError(f"{self.root} holds {what} (did run_sample.py finish?)")
+        num = counts.pop()
+        shards = [self.shard(rank, num) for rank in range(num)]
+        missing = [os.path.basename(f) for f, _ in shards if not os.path.exists(f)]
+        if missing:
+            raise FileNotFoundError(f"{self.root} lacks {', '.join(missing)}: sampling did not finish on every process")
+        return shards
 
 
 def stage_dirs(run: str) -> list[tuple[int, str]]:

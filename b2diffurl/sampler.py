@@ -96,7 +96,7 @@ def decode_images(vae, latents: torch.Tensor, chunk_size: int | None = None) -> 
 
 def generate_images(pipe, prompts: list[str], num_images_per_prompt: int, *, num_steps: int, eta: float,
                     guidance_scale: float, seed: int, batch_size: int, chunk_size: int | None = None,
-                    progress: bool = False) -> tuple[torch.Tensor, list[str]]:
+                    decode_chunk_size: int | None = None, progress: bool = False) -> tuple[torch.Tensor, list[str]]:
     """Images for every prompt from the pipeline's current UNet (LoRA included), no branching.
 
     Returns uint8 images [P·n, H, W, 3] and their prompts (each prompt n times in a row). With
@@ -117,18 +117,21 @@ def generate_images(pipe, prompts: list[str], num_images_per_prompt: int, *, num
         out = sample_branches(unet, pipe.scheduler, embeds, negative, num_steps=num_steps, branch_point=0,
                               num_branches=1, eta=eta, guidance_scale=guidance_scale, latent_shape=latent_shape,
                               generator=generator, chunk_size=chunk_size, dtype=unet.dtype, with_log_probs=False)
-        images.append(decode_images(pipe.vae, out["latents"][:, -1], chunk_size))
+        images.append(decode_images(pipe.vae, out["latents"][:, -1], decode_chunk_size))
     return torch.cat(images), expanded
 
 
 def generate_with_config(pipe, accelerator, config, prompts: list[str], num_images_per_prompt: int, *, seed: int,
                          eta: float | None = None) -> tuple[torch.Tensor, list[str]]:
     """generate_images with a run's sampling settings (T, w, eta unless given, B·K latents a batch,
-    the UNet chunk size) under the accelerator's autocast: what generate and evaluate use."""
-    with accelerator.autocast():
+    the UNet and decode chunk sizes, the LoRA merged if sample.merge_lora) under the accelerator's
+    autocast: what generate and evaluate use."""
+    from b2diffurl.pipeline import lora_merged
+
+    with accelerator.autocast(), lora_merged(pipe.unet, config.sample.merge_lora):
         return generate_images(
             pipe, prompts, num_images_per_prompt, num_steps=config.sample.num_steps,
             eta=config.sample.eta if eta is None else eta, guidance_scale=config.sample.guidance_scale, seed=seed,
             batch_size=config.sample.batch_size * config.num_branches, chunk_size=config.sample.unet_chunk_size,
-            progress=True,
+            decode_chunk_size=config.sample.decode_chunk_size, progress=True,
         )

@@ -90,6 +90,19 @@ def load_samples(path: str, selected: bool = False, expect: dict | None = None) 
     return record
 
 
+def concatenate(records: list[dict]) -> dict:
+    """One record from the shards that N sampling processes wrote (same meta, distinct groups)."""
+    meta = records[0]["meta"]
+    if any(record["meta"] != meta for record in records):
+        raise SampleFileError("the sample shards of this stage were made with different settings")
+    out = {"prompts": [prompt for record in records for prompt in record["prompts"]], "meta": meta}
+    for key in PER_SAMPLE:
+        out[key] = torch.cat([record[key] for record in records])
+    if len(set(out["group_id"].tolist())) * meta["num_branches"] != len(out["prompts"]):
+        raise SampleFileError("the sample shards of this stage do not hold distinct groups of num_branches samples")
+    return out
+
+
 def subset(record: dict, indices: torch.Tensor, **extra: torch.Tensor) -> dict:
     """The record restricted to rows `indices` (shared entries kept whole), plus `extra` columns."""
     indices = indices.to(torch.long)

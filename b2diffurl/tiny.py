@@ -92,8 +92,10 @@ def assemble_pipeline(tokenizer, text_encoder, vae, unet) -> StableDiffusionPipe
     )
 
 
-def build_tiny_pipeline(seed: int = 0, prompt_dir: str = PROMPT_DIR) -> StableDiffusionPipeline:
-    """A randomly initialised SD-architecture pipeline, deterministic in `seed`."""
+def build_tiny_pipeline(seed: int = 0, prompt_dir: str = PROMPT_DIR,
+                        image_size: int = IMAGE_SIZE) -> StableDiffusionPipeline:
+    """A randomly initialised SD-architecture pipeline, deterministic in `seed`; latents are
+    image_size / 4 on a side (the benchmark uses a larger size, where the UNet's work dominates)."""
     torch.manual_seed(seed)
     tokenizer = make_tokenizer(prompt_dir)
     text_encoder = CLIPTextModel(CLIPTextConfig(
@@ -103,12 +105,12 @@ def build_tiny_pipeline(seed: int = 0, prompt_dir: str = PROMPT_DIR) -> StableDi
         pad_token_id=tokenizer.pad_token_id,
     ))
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, sample_size=IMAGE_SIZE,
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=image_size,
         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
         block_out_channels=(16, 32, 32), layers_per_block=1, norm_num_groups=8,
     )
     unet = UNet2DConditionModel(
-        sample_size=IMAGE_SIZE // 4, in_channels=4, out_channels=4, layers_per_block=1,
+        sample_size=image_size // 4, in_channels=4, out_channels=4, layers_per_block=1,
         block_out_channels=(32, 64), norm_num_groups=8, cross_attention_dim=32, attention_head_dim=8,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
@@ -139,13 +141,13 @@ def save_tiny_clip(directory: str, tokenizer, seed: int = 0) -> str:
     return directory
 
 
-def save_tiny_pipeline(directory: str, seed: int = 0) -> str:
+def save_tiny_pipeline(directory: str, seed: int = 0, image_size: int = IMAGE_SIZE) -> str:
     """Build the tiny pipeline and save it to `directory` atomically (build aside, then rename)."""
     parent = os.path.dirname(os.path.abspath(directory))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".tiny-sd-", dir=parent)
     try:
-        build_tiny_pipeline(seed).save_pretrained(staging)
+        build_tiny_pipeline(seed, image_size=image_size).save_pretrained(staging)
         os.rename(staging, directory)
     except OSError:
         shutil.rmtree(staging, ignore_errors=True)

@@ -3,6 +3,8 @@
 Each epoch reshuffles the samples and, per sample, the order of the interval's steps. An
 optimiser step follows `gradient_accumulation_steps` forward batches, each over all s steps
 (the last group of an epoch may be shorter). Idea of per-sample step shuffling from ddpo-pytorch.
+Under N processes (DDP) each optimiser step's batches are shared out between the processes, so
+the update is the one a single process would make, N times faster.
 """
 
 from __future__ import annotations
@@ -44,6 +46,19 @@ class TrainSettings:
                    t.neg_weight, t.max_grad_norm)
 
 
+def build_optimizer(config, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """AdamW over the LoRA parameters with train.*'s settings; bitsandbytes' 8-bit AdamW when
+    train.use_8bit_adam (optimiser state in 8 bits: less memory, for large LoRA ranks)."""
+    t = config.train
+    optimizer_class = torch.optim.AdamW
+    if t.use_8bit_adam:
+        import bitsandbytes  # optional; cli.check_config refuses use_8bit_adam without it
+
+        optimizer_class = bitsandbytes.optim.AdamW8bit
+    return optimizer_class(params, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
+                           weight_decay=t.adam_weight_decay, eps=t.adam_epsilon)
+
+
 def train_on_samples(
     unet,
     scheduler,
@@ -78,6 +93,8 @@ def train_on_samples(
     totals = {"optimizer_steps": 0, "skipped_steps": 0}
     unet.train()
 
+    rank, num_processes = accelerator.process_index, accelerator.num_processes
+
     for epoch in range(settings.num_epochs):
         order = torch.randperm(num_samples, generator=generator)
         step_order = torch.stack([torch.randperm(split_step, generator=generator) for _ in range(num_samples)])
@@ -85,13 +102,20 @@ def train_on_samples(
         groups = [batches[i : i + settings.gradient_accumulation_steps]
                   for i in range(0, len(batches), settings.gradient_accumulation_steps)]
         for group in tqdm(groups, desc=f"epoch {epoch}", leave=False, disable=not accelerator.is_main_process):
-            micro_steps = len(group) * split_step
-            sums = {"loss": 0.0, "approx_kl": 0.0, "clipfrac": 0.0}
-            for b, rows in enumerate(group):
+            micro_steps = len(group) * split_step  # over all processes
+            # This process's share of the group's batches. Every process runs as many forward/
+            # backward passes (a short share is padded with weight-0 passes), which DDP needs;
+            # DDP averages gradients over processes, hence the factor num_processes.
+            mine = group[rank::num_processes]
+            share = -(-len(group) // num_processes)
+            real = [True] * len(mine) + [False] * (share - len(mine))
+            mine = mine + [group[0]] * (share - len(mine))
+            sums = torch.zeros(3, dtype=torch.float64)  # loss, approx_kl, clipfrac, summed over micro-steps
+            for b, (rows, counts) in enumerate(zip(mine, real)):
                 rows = rows.to(device)
                 for j in range(split_step):
                     cols = step_order[rows.cpu(), j].to(device)  # per-sample step index
-                    last = b == len(group) - 1 and j == split_step - 1
+                    last = b == len(mine) - 1 and j == split_step - 1
                     sync = contextlib.nullcontext() if last else accelerator.no_sync(unet)
                     with sync, accelerator.autocast():
                         x = latents[rows, cols]
@@ -101,21 +125,25 @@ def train_on_samples(
                                                               prev_sample=latents[rows, cols + 1])
                         loss, info = clipped_pg_loss(log_prob, old_log_probs[rows, cols], advantages[rows],
                                                      settings.clip_range)
-                    accelerator.backward(loss / micro_steps)
-                    sums["loss"] += loss.item() / micro_steps
-                    sums["approx_kl"] += info["approx_kl"].item() / micro_steps
-                    sums["clipfrac"] += info["clipfrac"].item() / micro_steps
+                    accelerator.backward(loss * num_processes / micro_steps if counts else loss * 0.0)
+                    if counts:
+                        sums += torch.tensor([loss.item(), info["approx_kl"].item(), info["clipfrac"].item()],
+                                             dtype=torch.float64) / micro_steps
+            if num_processes > 1:
+                sums = accelerator.reduce(sums.to(device), "sum").cpu()
+            means = dict(zip(("loss", "approx_kl", "clipfrac"), sums.tolist()))
             grad_norm = accelerator.clip_grad_norm_(params, settings.max_grad_norm)
             grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
-            finite = math.isfinite(sums["loss"]) and math.isfinite(grad_norm)
+            finite = math.isfinite(means["loss"]) and math.isfinite(grad_norm)
             # A non-finite loss or gradient must not reach the weights. Under fp16 the grad
-            # scaler skips such steps itself and must see them to lower its scale.
+            # scaler skips such steps itself and must see them to lower its scale. Every process
+            # sees the same (reduced) values, so all take the same branch.
             if finite or accelerator.scaler is not None:
                 optimizer.step()
             skipped = not finite or accelerator.optimizer_step_was_skipped
             optimizer.zero_grad(set_to_none=True)
             totals["optimizer_steps"] += 1
             totals["skipped_steps"] += int(skipped)
-            on_optimizer_step({"epoch": epoch, **sums, "grad_norm": grad_norm, "skipped": skipped})
+            on_optimizer_step({"epoch": epoch, **means, "grad_norm": grad_norm, "skipped": skipped})
     unet.eval()
     return totals

@@ -52,6 +52,8 @@ def get_config() -> ml_collections.ConfigDict:
     sample.batch_size = 8  # B, prompts per sampling batch
     sample.num_batches_per_stage = 32  # sampling batches per stage
     sample.unet_chunk_size = 80  # most latents per UNet call (x2 for CFG); bounds memory
+    sample.merge_lora = True  # fold the LoRA into the UNet weights while sampling: plain-UNet speed (see pipeline.lora_merged)
+    sample.decode_chunk_size = 8  # most latents per VAE decode; the decoder's activations are large at 512 px
     sample.save_png = True  # also write every branch image as PNG under images/
 
     # ---- reward ----
@@ -90,5 +92,7 @@ def get_config() -> ml_collections.ConfigDict:
     train.pos_weight = 1.0  # beta+, weight of samples with positive advantage (original: beta1)
     train.neg_weight = 1.0  # beta-, weight of samples with negative advantage (original: beta2)
     train.max_grad_norm = 1.0  # gradient-norm clip
+    train.gradient_checkpointing = False  # recompute UNet activations in the backward pass: less memory, slower
+    train.use_8bit_adam = False  # bitsandbytes' 8-bit AdamW (needs bitsandbytes installed): smaller optimiser state
 
     return config

@@ -1,6 +1,7 @@
 """Real faults: jobs killed with SIGKILL partway and resumed, bad input, bad data, non-finite numbers."""
 
 import hashlib
+import importlib.util
 import os
 import signal
 import subprocess
@@ -134,10 +135,14 @@ BAD_INPUTS = [  # (flags, text the one error line must contain)
     (["--config.prompt_file", "PROMPTS/broken.json"], "not valid JSON"),
     (["--config.resume_from", "/no/such/checkpoint"], "resume_from"),
     (["--config.no_such_key", "1"], "no_such_key"),
+    (["--config.sample.decode_chunk_size", "0"], "decode_chunk_size"),
+    pytest.param(["--config.train.use_8bit_adam=True"], "bitsandbytes", marks=pytest.mark.skipif(
+        importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed")),
 ]
 
 
-@pytest.mark.parametrize("flags, message", BAD_INPUTS, ids=[" ".join(f) for f, _ in BAD_INPUTS])
+@pytest.mark.parametrize("flags, message", BAD_INPUTS,
+                         ids=[" ".join(getattr(case, "values", case)[0]) for case in BAD_INPUTS])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_config, tmp_path, flags, message):
     prompts = tmp_path / "prompts"
     prompts.mkdir()

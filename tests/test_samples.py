@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from b2diffurl.files import atomic_torch_save
-from b2diffurl.samples import FORMAT_VERSION, META_KEYS, SampleFileError, load_samples, save_samples, subset
+from b2diffurl.paths import StagePaths
+from b2diffurl.samples import (FORMAT_VERSION, META_KEYS, SampleFileError, concatenate, load_samples, save_samples,
+                               subset)
 
 CALLS = []
 
@@ -176,3 +178,39 @@ def test_atomic_save_creates_folder(tmp_path):
     path = tmp_path / "a" / "b" / "out.pkl"
     atomic_torch_save([1, 2], str(path))
     assert os.listdir(path.parent) == ["out.pkl"]
+
+
+def test_shards_of_processes_join_into_one_record(tmp_path):
+    record = make_record()
+    shards = [subset(record, torch.tensor(rows)) for rows in ([0, 1, 4, 5], [2, 3])]  # groups 0, 2 and 1
+    joined = concatenate(shards)
+    order = torch.tensor([0, 1, 4, 5, 2, 3])
+    assert_same(joined, subset(record, order))
+
+    with pytest.raises(SampleFileError, match="distinct groups"):
+        concatenate([shards[0], subset(record, torch.tensor([0, 1]))])  # group 0 twice
+    other = subset(record, torch.tensor([2, 3]))
+    other["meta"] = {**other["meta"], "seed": 7}
+    with pytest.raises(SampleFileError, match="different settings"):
+        concatenate([shards[0], other])
+
+
+def test_stage_paths_find_every_shard_or_say_what_is_missing(tmp_path):
+    paths = StagePaths(str(tmp_path / "stage0"))
+    os.makedirs(paths.root)
+    with pytest.raises(FileNotFoundError, match="no sample file"):
+        paths.sample_shards()
+    assert paths.shard(0, 1) == (paths.samples, paths.images)
+    first, second, third = (paths.shard(rank, 3) for rank in range(3))
+    assert first[0].endswith("sample.0-of-3.pkl") and third[1].endswith("images.2-of-3.pt")
+    for samples_path, _ in (first, third):
+        open(samples_path, "w").close()
+    with pytest.raises(FileNotFoundError, match=r"lacks sample.1-of-3.pkl"):
+        paths.sample_shards()
+    open(second[0], "w").close()
+    assert paths.sample_shards() == [first, second, third]
+    open(paths.shard(0, 2)[0], "w").close()  # a leftover of a run with another process count
+    with pytest.raises(FileNotFoundError, match=r"\[2, 3\] processes"):
+        paths.sample_shards()
+    open(paths.samples, "w").close()  # a one-process sample file is looked for first
+    assert paths.sample_shards() == [(paths.samples, paths.images)]

@@ -9,7 +9,7 @@ from diffusers import StableDiffusionPipeline
 from b2diffurl.checkpoint import NonFiniteWeightsError, load_lora, save_checkpoint
 from b2diffurl.ddim import ddim_step_with_log_prob
 from b2diffurl.guidance import guided_noise
-from b2diffurl.pipeline import load_pipeline, lora_parameters
+from b2diffurl.pipeline import load_pipeline, lora_merged, lora_parameters
 from b2diffurl.prompts import encode_prompts
 from b2diffurl.sampler import sample_branches
 from b2diffurl.samples import subset
@@ -109,3 +109,54 @@ def test_a_non_finite_loss_skips_the_optimiser_step_and_is_counted(tiny_config):
                               Accelerator(cpu=True), torch.optim.AdamW(params, lr=1e-3), torch.Generator().manual_seed(0), seen.append)
     assert totals == {"optimizer_steps": 2, "skipped_steps": 2} and all(s["skipped"] for s in seen)
     assert all(torch.equal(a, b) for a, b in zip(before, params))  # no NaN reached the weights
+
+
+def test_gradient_checkpointing_recomputes_the_unet_and_gives_the_same_gradients(tiny_config):
+    pipe = load_pipeline(tiny_config, torch.device("cpu"))
+    record = _selected_record(pipe, [1.0, -1.0, 1.0, -1.0])
+    embeds, negative = _embeds(pipe, record)
+    calls = []
+    resnet = pipe.unet.up_blocks[-1].resnets[0]  # a checkpointed block downstream of LoRA layers
+    forward = resnet.forward
+    resnet.forward = lambda *args, **kwargs: calls.append(1) or forward(*args, **kwargs)  # hooks skip recomputation
+
+    def gradients():
+        calls.clear()
+        pipe.unet.train()
+        x, t = record["latents"][:, 0], record["timesteps"][:, 0]
+        guided_noise(pipe.unet, x, t, embeds, negative, 5.0).square().mean().backward()
+        grads = [p.grad.clone() for p in lora_parameters(pipe.unet)]
+        pipe.unet.zero_grad(set_to_none=True)
+        return grads, len(calls)
+
+    plain, plain_calls = gradients()
+    pipe.unet.enable_gradient_checkpointing()
+    checkpointed, checkpointed_calls = gradients()
+    assert (plain_calls, checkpointed_calls) == (1, 2)  # the block ran again in the backward pass
+    assert any(g.abs().max() > 0 for g in plain)
+    for a, b in zip(plain, checkpointed):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+
+
+def test_a_merged_lora_computes_the_same_unet_and_is_unmerged_bit_for_bit(tiny_config):
+    pipe = load_pipeline(tiny_config, torch.device("cpu"))
+    with torch.no_grad():
+        for param in lora_parameters(pipe.unet):
+            param.add_(0.05 * torch.randn_like(param))
+    before = {name: value.clone() for name, value in pipe.unet.state_dict().items()}
+    x, t, text = torch.randn(2, 4, 8, 8), torch.tensor([500, 300]), torch.randn(2, 77, 32)
+    with torch.no_grad():
+        expected = pipe.unet(x, t, encoder_hidden_states=text).sample
+        base = pipe.unet.up_blocks[-1].attentions[0].transformer_blocks[0].attn1.to_q.get_base_layer().weight
+        original = base.clone()
+        with lora_merged(pipe.unet):
+            assert not torch.equal(base, original)  # the LoRA is in the weights now
+            merged = pipe.unet(x, t, encoder_hidden_states=text).sample
+        after = pipe.unet(x, t, encoder_hidden_states=text).sample
+        pipe.unet.disable_adapters()
+        without_lora = pipe.unet(x, t, encoder_hidden_states=text).sample
+        pipe.unet.enable_adapters()
+    torch.testing.assert_close(merged, expected, rtol=1e-4, atol=1e-5)
+    assert (merged - without_lora).abs().max() > 100 * (merged - expected).abs().max()
+    assert torch.equal(after, expected)
+    assert all(torch.equal(value, before[name]) for name, value in pipe.unet.state_dict().items())

@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# One stage slice at reference size on one GPU: random-weight SD v1.4-architecture model,
-# B = 8, K = 5, T = 20, s = 14, CFG 5, fp16; the three scripts as a user runs them.
-# Prints the per-script wall time, a held-out evaluation and a generation from the stage's
-# LoRA, the summary table and the plain diffusers pipeline's images/s. Run from the repository root (on the device tool: carry .wheels if diffusers /
-# ml_collections are missing there).
+# Reference-size figures on one GPU without downloading anything: a random-weight model with the
+# SD v1.4 architecture (tools/build_sd_random.py; timings and memory are SD v1.4's, images noise).
+#  1. python -m b2diffurl.bench at B = 8, K = 5, T = 20, s = 14, CFG, fp16: the branch sampler
+#     against a plain StableDiffusionPipeline and the trainer against a bare LoRA UNet
+#     forward+backward, timed alternately with warm-up excluded (the scripts' memory is part 2).
+#  2. One stage at the reference settings (config/stage_process.py, one sampling batch of
+#     8 prompts x 5 branches, training batch 1) through the three scripts: peak GPU memory of
+#     sampling (UNet chunk 80 latents, VAE decode chunk 8) and of training, then training again
+#     with gradient checkpointing, and sampling again with a UNet chunk of 20 (for 24 GB cards).
+# Run from the repository root; on the device tool, carry .wheels (diffusers, ml_collections and
+# absl-py wheels) when the machine lacks them.
 #
 #   bash tools/gpu_check.sh [OUT_DIR]
 set -euo pipefail
@@ -15,19 +21,32 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)"
 model=/tmp/sd-random
 [[ -d $model ]] || python3 tools/build_sd_random.py "$model"
+
+echo "=== 1. python -m b2diffurl.bench"
+python3 -m b2diffurl.bench --model "$model" --mixed_precision fp16 --num_branches 5 --repeats 3 --noscripts 2>&1 \
+  | grep -v -E "Processor|epoch" | tee "$out/bench.txt" || echo "(the benchmark failed; part 2 goes on)"
+
+echo "=== 2. one reference stage through the scripts"
+run=$out/runs/stage_process/stage0
 flags=(--config config/stage_process.py --config.pretrained.model "$model" --config.reward.name colour_match
   --config.prompt_file config/prompt/colour_fruit_train.json --config.sample.num_batches_per_stage 1
   --config.split_step 14 --config.save_path "$out/runs" --config.train.gradient_accumulation_steps 4
-  --config.train.num_epochs 1)
+  --config.train.num_epochs 1 --config.tensorboard=False)
 for script in run_sample.py run_select.py run_train.py; do
-  started=$(date +%s%N)
-  python3 "$script" "${flags[@]}" 2>&1 | grep -v Processor
-  echo "$script: $((($(date +%s%N) - started) / 1000000)) ms wall (process start and model load included)"
+  python3 "$script" "${flags[@]}" 2>&1 | grep -E "INFO|error"
 done
-python3 -m b2diffurl.evaluate "${flags[@]}" --stage 0 --prompt-file config/prompt/colour_fruit_test.json \
-  --num-images 4 --config.eval.max_prompts 10 2>&1 | grep -E "INFO|error"
-python3 -m b2diffurl.generate "${flags[@]}" --lora "$out/runs/stage_process/stage0/checkpoints" \
-  --prompt "a red apple" --num-images 4 --out "$out/generated" 2>&1 | grep -E "INFO|error"
-python3 -m b2diffurl.summary "$out/runs/stage_process"
-grep -E '"event": "(sample|train)"' "$out/runs/stage_process/stage0/metrics.jsonl"
-python3 tools/bench_diffusers.py "$model" 40 40
+rm "$run/COMPLETE"
+python3 run_train.py "${flags[@]}" --config.train.gradient_checkpointing=True 2>&1 | grep -E "INFO|error"
+python3 run_sample.py "${flags[@]}" --config.exp_name chunk20 --config.sample.unet_chunk_size 20 2>&1 \
+  | grep -E "INFO|error"
+python3 - "$run/metrics.jsonl" "$out/runs/chunk20/stage0/metrics.jsonl" <<'PY' | tee "$out/memory.txt"
+import json, sys
+labels = iter(["sampling, UNet chunk 80", "training, batch 1", "training, batch 1, gradient checkpointing",
+               "sampling, UNet chunk 20"])
+for path in sys.argv[1:]:
+    for line in open(path):
+        m = json.loads(line)
+        if m["event"] in ("sample", "train"):
+            seconds = m.get("sampling_seconds", m.get("training_seconds"))
+            print(f"{next(labels)}: peak {m['peak_gpu_memory_gb']} GiB, {seconds} s")
+PY
