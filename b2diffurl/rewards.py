@@ -179,6 +179,24 @@ def colour_match(reward_config, device) -> Reward:
     return reward
 
 
+@register("shapes")
+def shapes_exact(reward_config, device) -> Reward:
+    """The shapes world's sparse reward (b2diffurl.shapes): 1.0 if the image shows exactly the
+    caption's objects, in their colours and shapes and stated relation, else 0.0."""
+    from b2diffurl import shapes
+
+    return lambda images, prompts: np.array([shapes.score(image, p) for image, p in zip(images, prompts)])
+
+
+@register("shapes_partial")
+def shapes_partial(reward_config, device) -> Reward:
+    """For diagnosis: the fraction of the caption's attributes (colours, shapes, relation,
+    object count) the image satisfies (b2diffurl.shapes.partial_score)."""
+    from b2diffurl import shapes
+
+    return lambda images, prompts: np.array([shapes.partial_score(image, p) for image, p in zip(images, prompts)])
+
+
 @register("weighted")
 def weighted(reward_config, device) -> Reward:
     """sum_i weight_i * reward_i over reward.components ("name:weight,..."), each built once."""

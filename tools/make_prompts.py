@@ -15,6 +15,10 @@ Prompt sets written (see config/prompt/README.md for details):
   with RL Against Sparse Rewards" (B2-DiffuRL).
 * colour_fruit_{train,test}.json    -- "a(n) [colour] [fruit/vegetable]".
 * spatial_{train,test}.json         -- "[object] [relation] [object]".
+* shapes/{train,test}.json          -- the shapes world (b2diffurl.shapes): "a red circle",
+  "a blue square to the left of a green triangle"; test holds the held-out bindings and pairs.
+  A subfolder, so that the tiny model's tokenizer (built from the words of config/prompt/*.json)
+  is unchanged.
 """
 
 import json
@@ -137,6 +141,19 @@ def spatial():
     return evenly_spaced(train, SPATIAL_TRAIN_CAP), evenly_spaced(test, SPATIAL_TEST_CAP)
 
 
+def shapes_world():
+    """Every shapes-world caption, to train or test by b2diffurl.shapes.split_of."""
+    import sys
+
+    sys.path.insert(0, os.path.join(OUT_DIR, "..", ".."))
+    from b2diffurl.shapes import all_captions, split_of
+
+    train, test = [], []
+    for caption in all_captions():
+        (train if split_of(caption) == "train" else test).append(caption.text())
+    return train, test
+
+
 def main():
     assert len(ANIMALS) == 45 and len(set(ANIMALS)) == 45
     assert len(ACTIVITIES) == 3
@@ -149,6 +166,11 @@ def main():
         assert not set(train) & set(test), f"{name}: train/test overlap"
         write_json(f"{name}_train.json", train)
         write_json(f"{name}_test.json", test)
+    train, test = shapes_world()
+    assert not set(train) & set(test)
+    os.makedirs(os.path.join(OUT_DIR, "shapes"), exist_ok=True)
+    write_json(os.path.join("shapes", "train.json"), train)
+    write_json(os.path.join("shapes", "test.json"), test)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,221 @@
+"""A tiny text-to-image world where alignment is exact: coloured shapes on a light background.
+
+Images are 32×32 RGB. A scene holds one or two objects; each is a circle, square or triangle in
+one of four colours. Captions:
+
+    "a red circle"
+    "a blue square to the left of a green triangle"   (also: to the right of, above, below)
+
+`render` draws a caption (hard edges, random placement and size); `parse_image` reads the
+objects back from pixels (nearest palette colour, connected components, shape from how its
+pixels sit in its bounding box); `check` says which of a caption's attributes an image
+satisfies. The `shapes` reward (b2diffurl.rewards) is 1.0 when every attribute holds and 0.0
+otherwise; `shapes_partial` is the fraction that holds, for diagnosis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+
+SIZE = 32  # image side, pixels
+BACKGROUND = (235, 235, 235)
+COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 220), "yellow": (230, 200, 30)}
+SHAPES = ("circle", "square", "triangle")
+RELATIONS = ("to the left of", "to the right of", "above", "below")
+# Test prompts: captions with a held-out colour-shape binding, and two-object captions whose
+# (unordered) pair of seen bindings never appears in training.
+HELD_OUT_BINDINGS = (("red", "triangle"), ("green", "square"), ("blue", "circle"))
+MIN_PIXELS = 8  # smaller components are noise, not objects
+MARGIN = 2.0  # pixels by which centroids must differ for a relation to hold
+
+_OBJECT = rf"a ({'|'.join(COLOURS)}) ({'|'.join(SHAPES)})"
+_CAPTION = re.compile(rf"^{_OBJECT}(?: ({'|'.join(RELATIONS)}) {_OBJECT})?$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Caption:
+    """What a caption states: one or two (colour, shape) objects and, for two, their relation
+    (the first object is `relation` the second)."""
+
+    objects: tuple[tuple[str, str], ...]
+    relation: str | None = None
+
+    def text(self) -> str:
+        words = [f"a {colour} {shape}" for colour, shape in self.objects]
+        return words[0] if self.relation is None else f"{words[0]} {self.relation} {words[1]}"
+
+
+def parse_caption(text: str) -> Caption:
+    """The Caption of a caption text; ValueError if it is not of this world's grammar."""
+    match = _CAPTION.match(text.strip().lower())
+    if match is None:
+        raise ValueError(f"not a shapes-world caption: {text!r} (e.g. 'a red circle above a blue square')")
+    colour1, shape1, relation, colour2, shape2 = match.groups()
+    if relation is None:
+        return Caption(((colour1, shape1),))
+    return Caption(((colour1, shape1), (colour2, shape2)), relation)
+
+
+def all_captions() -> list[Caption]:
+    """Every caption of the world: 12 single objects, and 528 pairs of two different objects
+    in each of the 4 relations."""
+    objects = [(colour, shape) for colour in COLOURS for shape in SHAPES]
+    pairs = [Caption((a, b), relation) for a in objects for b in objects if a != b for relation in RELATIONS]
+    return [Caption((obj,)) for obj in objects] + pairs
+
+
+def _held_out_pairs() -> set[frozenset]:
+    """Every 4th unordered pair of seen bindings (in a fixed order): 9 of 36."""
+    seen = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in HELD_OUT_BINDINGS]
+    pairs = [frozenset((a, b)) for i, a in enumerate(seen) for b in seen[i + 1 :]]
+    return set(pairs[3::4])
+
+
+def split_of(caption: Caption) -> str:
+    """"train", "held-out binding" (an object with a colour-shape binding never trained on) or
+    "held-out pair" (two seen objects never trained on together)."""
+    if any(obj in HELD_OUT_BINDINGS for obj in caption.objects):
+        return "held-out binding"
+    if len(caption.objects) == 2 and frozenset(caption.objects) in _held_out_pairs():
+        return "held-out pair"
+    return "train"
+
+
+def _mask(shape: str, cx: float, cy: float, r: float) -> np.ndarray:
+    """Boolean [SIZE, SIZE] mask of a shape with centre (cx, cy) and half-extent r (pixel centres)."""
+    y, x = np.mgrid[0:SIZE, 0:SIZE] + 0.5
+    if shape == "square":
+        return (np.abs(x - cx) <= r) & (np.abs(y - cy) <= r)
+    if shape == "circle":
+        return (x - cx) ** 2 + (y - cy) ** 2 <= r**2
+    if shape == "triangle":  # apex up, height 2r, base 2r wide
+        return (y >= cy - r) & (y <= cy + r) & (np.abs(x - cx) <= (y - (cy - r)) / 2)
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def _centres(caption: Caption, rng: np.random.Generator) -> list[tuple[float, float, float]]:
+    """(cx, cy, r) of each object: anywhere for one object; for two, on either side of the
+    image's middle along the relation's axis, so that the relation holds and nothing overlaps."""
+    if caption.relation is None:
+        r = rng.uniform(5.0, 8.0)
+        return [(rng.uniform(r + 1, SIZE - r - 1), rng.uniform(r + 1, SIZE - r - 1), r)]
+    radii = rng.uniform(4.0, 6.0, size=2)
+    near = [rng.uniform(r + 1, SIZE / 2 - r - 1) for r in radii]  # along the axis, inside the first half
+    far = [SIZE - rng.uniform(r + 1, SIZE / 2 - r - 1) for r in radii]  # inside the second half
+    across = [rng.uniform(r + 1, SIZE - r - 1) for r in radii]
+    first_near = caption.relation in ("to the left of", "above")
+    along = [near[0], far[1]] if first_near else [far[0], near[1]]
+    if caption.relation in ("to the left of", "to the right of"):
+        return [(along[i], across[i], radii[i]) for i in range(2)]
+    return [(across[i], along[i], radii[i]) for i in range(2)]
+
+
+def render(caption: Caption | str, rng: np.random.Generator) -> np.ndarray:
+    """uint8 [SIZE, SIZE, 3] image of the caption, with random placement and sizes."""
+    caption = parse_caption(caption) if isinstance(caption, str) else caption
+    image = np.empty((SIZE, SIZE, 3), np.uint8)
+    image[:] = BACKGROUND
+    for (colour, shape), (cx, cy, r) in zip(caption.objects, _centres(caption, rng)):
+        image[_mask(shape, cx, cy, r)] = COLOURS[colour]
+    return image
+
+
+@dataclasses.dataclass(frozen=True)
+class Found:
+    """One object read from an image."""
+
+    colour: str
+    shape: str
+    cx: float
+    cy: float
+    pixels: int
+
+
+def _components(mask: np.ndarray) -> list[np.ndarray]:
+    """Boolean masks of the 4-connected components of `mask`."""
+    labels = np.zeros(mask.shape, np.int32)
+    components = []
+    for start in zip(*np.nonzero(mask)):
+        if labels[start]:
+            continue
+        label = len(components) + 1
+        labels[start] = label
+        stack = [start]
+        while stack:
+            y, x = stack.pop()
+            for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+                if 0 <= ny < mask.shape[0] and 0 <= nx < mask.shape[1] and mask[ny, nx] and not labels[ny, nx]:
+                    labels[ny, nx] = label
+                    stack.append((ny, nx))
+        components.append(labels == label)
+    return components
+
+
+def _shape_of(component: np.ndarray) -> str:
+    """circle, square or triangle. A triangle (apex up) has a quarter of its pixels in the top
+    half of its bounding box (rendered: at most 0.31; circles and squares about a half, at least
+    0.43); a square fills its bounding box (1.0; rendered circles at most 0.94)."""
+    ys, xs = np.nonzero(component)
+    middle = (ys.min() + ys.max()) / 2
+    top = ((ys < middle).sum() + 0.5 * (ys == middle).sum()) / len(ys)
+    fill = len(ys) / ((ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1))
+    return "triangle" if top < 0.37 else "square" if fill > 0.97 else "circle"
+
+
+def parse_image(image: np.ndarray) -> list[Found]:
+    """The objects of an image: every pixel takes the nearest of the background and palette
+    colours; each connected same-colour region of at least MIN_PIXELS pixels is an object."""
+    palette = np.array([BACKGROUND, *COLOURS.values()], np.float32)
+    distances = ((image[:, :, None, :].astype(np.float32) - palette) ** 2).sum(-1)
+    nearest = distances.argmin(-1)  # 0 background, 1.. the colours in COLOURS order
+    found = []
+    for index, colour in enumerate(COLOURS, start=1):
+        for component in _components(nearest == index):
+            pixels = int(component.sum())
+            if pixels >= MIN_PIXELS:
+                ys, xs = np.nonzero(component)
+                found.append(Found(colour, _shape_of(component), xs.mean() + 0.5, ys.mean() + 0.5, pixels))
+    return found
+
+
+def _relation_holds(a: Found, b: Found, relation: str) -> bool:
+    if relation == "to the left of":
+        return a.cx < b.cx - MARGIN
+    if relation == "to the right of":
+        return a.cx > b.cx + MARGIN
+    if relation == "above":
+        return a.cy < b.cy - MARGIN
+    return a.cy > b.cy + MARGIN  # below
+
+
+def check(image: np.ndarray, caption: Caption | str) -> dict[str, bool]:
+    """Which of the caption's attributes the image satisfies: per object its colour (an object
+    of that colour exists) and its shape (one of that colour and shape exists), the relation
+    (two such objects stand in it), and the count (exactly as many objects as stated)."""
+    caption = parse_caption(caption) if isinstance(caption, str) else caption
+    found = parse_image(image)
+    checks = {}
+    matches = []
+    for i, (colour, shape) in enumerate(caption.objects):
+        checks[f"colour{i}"] = any(f.colour == colour for f in found)
+        matches.append([f for f in found if f.colour == colour and f.shape == shape])
+        checks[f"shape{i}"] = bool(matches[-1])
+    if caption.relation is not None:
+        checks["relation"] = any(_relation_holds(a, b, caption.relation)
+                                 for a in matches[0] for b in matches[1] if a is not b)
+    checks["count"] = len(found) == len(caption.objects)
+    return checks
+
+
+def score(image: np.ndarray, caption: Caption | str) -> float:
+    """1.0 if the image satisfies every attribute of the caption, else 0.0."""
+    return float(all(check(image, caption).values()))
+
+
+def partial_score(image: np.ndarray, caption: Caption | str) -> float:
+    """The fraction of the caption's attributes the image satisfies."""
+    checks = check(image, caption)
+    return sum(checks.values()) / len(checks)

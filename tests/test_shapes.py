@@ -1,0 +1,115 @@
+"""The shapes world: captions parse, renders read back exactly, and the reward is exact."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from b2diffurl import shapes
+from b2diffurl.shapes import COLOURS, RELATIONS, SHAPES, Caption, check, parse_caption, partial_score, render, score
+
+ONE = [Caption(((c, s),)) for c in COLOURS for s in SHAPES]
+TWO = [Caption(((c1, s1), (c2, s2)), r) for (c1, s1), (c2, s2) in itertools.product(itertools.product(COLOURS, SHAPES),
+                                                                                  repeat=2) for r in RELATIONS]
+
+
+def test_captions_parse_and_print_back():
+    for caption in ONE + TWO[::7]:
+        assert parse_caption(caption.text()) == caption
+    assert parse_caption("A Blue Square above a red circle ") == Caption((("blue", "square"), ("red", "circle")), "above")
+    for bad in ("a purple circle", "a red circle next to a blue square", "red circle", "a red circle and"):
+        with pytest.raises(ValueError, match="not a shapes-world caption"):
+            parse_caption(bad)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_every_caption_scores_one_on_its_own_rendering(seed):
+    rng = np.random.default_rng(seed)
+    for caption in ONE + TWO:
+        image = render(caption, rng)
+        assert image.shape == (shapes.SIZE, shapes.SIZE, 3) and image.dtype == np.uint8
+        assert score(image, caption) == 1.0, (caption.text(), check(image, caption))
+        assert partial_score(image, caption) == 1.0
+
+
+def _broken(caption: Caption) -> list[tuple[str, Caption]]:
+    """Captions that differ from `caption` in exactly one attribute, with the attribute's name."""
+    (c1, s1), *rest = caption.objects
+    other_colour = next(c for c in COLOURS if c != c1 and all(c != c2 for c2, _ in rest))
+    other_shape = next(s for s in SHAPES if s != s1)
+    out = [("colour0", Caption(((other_colour, s1), *rest), caption.relation)),
+           ("shape0", Caption(((c1, other_shape), *rest), caption.relation))]
+    if caption.relation is not None and caption.objects[0] != caption.objects[1]:  # two alike: symmetric
+        opposite = {"to the left of": "to the right of", "to the right of": "to the left of",
+                    "above": "below", "below": "above"}[caption.relation]
+        out.append(("relation", Caption(caption.objects, opposite)))
+    return out
+
+
+def test_an_image_that_breaks_one_attribute_scores_zero():
+    rng = np.random.default_rng(0)
+    for caption in ONE + TWO[::5]:
+        for attribute, wrong in _broken(caption):
+            image = render(wrong, rng)
+            checks = check(image, caption)
+            assert score(image, caption) == 0.0, (caption.text(), wrong.text(), checks)
+            if len({colour for colour, _ in caption.objects}) == len(caption.objects):
+                # (with two objects of one colour, a changed colour can leave that colour present)
+                assert not checks[attribute], (caption.text(), wrong.text(), checks)
+            assert 0.0 < partial_score(image, caption) < 1.0
+
+
+def test_an_extra_object_or_an_empty_image_scores_zero():
+    rng = np.random.default_rng(1)
+    caption = parse_caption("a red circle")
+    two = render("a red circle to the left of a blue square", rng)
+    assert not check(two, caption)["count"] and score(two, caption) == 0.0
+    empty = render("a red circle", rng)
+    empty[:] = shapes.BACKGROUND
+    assert score(empty, caption) == 0.0 and partial_score(empty, caption) == 0.0
+
+
+def test_the_image_parser_reads_colour_shape_and_position_through_noise():
+    rng = np.random.default_rng(2)
+    for caption in TWO[::3]:
+        image = render(caption, rng)
+        noisy = np.clip(image.astype(int) + rng.normal(0, 20, image.shape).round().astype(int), 0, 255).astype(np.uint8)
+        assert score(noisy, caption) == 1.0, (caption.text(), check(noisy, caption))
+
+
+def test_the_shapes_rewards_score_batches_through_the_registry():
+    from b2diffurl.rewards import build_reward, score_images
+    from config import base
+
+    config = base.get_config().reward
+    rng = np.random.default_rng(3)
+    prompts = ["a red circle", "a blue square above a green triangle", "a yellow triangle"]
+    images = np.stack([render(prompts[0], rng), render(prompts[1], rng), render("a yellow square", rng)])
+    config.name = "shapes"
+    np.testing.assert_array_equal(score_images(build_reward(config), images, prompts, batch_size=2), [1.0, 1.0, 0.0])
+    config.name = "shapes_partial"
+    np.testing.assert_allclose(score_images(build_reward(config), images, prompts, batch_size=2), [1.0, 1.0, 2 / 3])
+
+
+def test_test_prompts_hold_out_bindings_and_pairs_never_trained_on():
+    import json
+    import os
+
+    from conftest import REPO
+
+    def load(name):
+        with open(os.path.join(REPO, "config", "prompt", "shapes", name)) as f:
+            return [parse_caption(text) for text in json.load(f)]
+
+    train, test = load("train.json"), load("test.json")
+    assert len(train) + len(test) == len(shapes.all_captions()) == 12 + 12 * 11 * 4
+    trained_objects = {obj for caption in train for obj in caption.objects}
+    trained_pairs = {frozenset(caption.objects) for caption in train if len(caption.objects) == 2}
+    assert not trained_objects & set(shapes.HELD_OUT_BINDINGS)
+    groups = {}
+    for caption in test:
+        groups.setdefault(shapes.split_of(caption), []).append(caption)
+        assert (set(caption.objects) - trained_objects) or frozenset(caption.objects) not in trained_pairs
+    assert set(groups) == {"held-out binding", "held-out pair"}
+    assert all(len(c.objects) == 2 for c in groups["held-out pair"]) and len(groups["held-out pair"]) == 72
+    assert {len(c.objects) for c in train} == {1, 2}
