@@ -56,14 +56,20 @@ def main(config) -> None:
     pipe = load_pipeline(config, accelerator.device)  # a fresh LoRA is zero: this is the base model
     reward = build_reward(config.reward, accelerator.device)
     embed, embedding_name = build_embedder(config, accelerator.device)
+    group_of = None
+    if config.reward.name in ("shapes", "shapes_partial"):  # success rates per prompt group
+        from b2diffurl.shapes import prompt_group as group_of
 
     def evaluate(name: str) -> dict:
         images, expanded = generate_with_config(pipe, accelerator, config, prompts, num_images, seed=config.seed)
         images = images.numpy()
         scores = score_images(reward, images, expanded, config.reward.batch_size)
-        result = summarise(expanded, scores, embed(images))
+        result = summarise(expanded, scores, embed(images), group_of)
         log.info("%s: reward %.4f ± %.4f (95%% CI), diversity %.4f over %d images", name, result["reward_mean"],
                  result["reward_ci95"], result["diversity_mean"], len(images))
+        for group, rate in result.get("success", {}).items():
+            log.info("%s: success %.3f [%.3f, %.3f] over %d images: %s", name, rate["success_rate"], rate["ci95_low"],
+                     rate["ci95_high"], rate["num_images"], group)
         return result
 
     results = {}

@@ -51,8 +51,33 @@ def mean_pairwise_distance(embeddings: np.ndarray) -> float:
     return float(np.mean([np.linalg.norm(embeddings[i] - embeddings[j]) for i, j in pairs]))
 
 
-def summarise(prompts: list[str], scores: np.ndarray, embeddings: np.ndarray) -> dict:
-    """Per prompt and overall: reward mean/std (and a 95% interval of the mean), diversity."""
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a success rate (sound at rates near 0 and 1, unlike p ± 1.96·se)."""
+    if trials == 0:
+        return float("nan"), float("nan")
+    rate = successes / trials
+    centre = (rate + z**2 / (2 * trials)) / (1 + z**2 / trials)
+    half = z * math.sqrt(rate * (1 - rate) / trials + z**2 / (4 * trials**2)) / (1 + z**2 / trials)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def success_rates(prompts: list[str], scores: np.ndarray, group_of: Callable[[str], str]) -> dict:
+    """Fraction of images scoring 1.0, with its 95% interval, overall and per prompt group."""
+    groups = {"all": np.ones(len(prompts), bool)}
+    for name in sorted({group_of(p) for p in prompts}):
+        groups[name] = np.array([group_of(p) == name for p in prompts])
+    out = {}
+    for name, rows in groups.items():
+        successes, trials = int((scores[rows] == 1.0).sum()), int(rows.sum())
+        low, high = wilson_interval(successes, trials)
+        out[name] = {"success_rate": successes / trials, "ci95_low": low, "ci95_high": high, "num_images": trials}
+    return out
+
+
+def summarise(prompts: list[str], scores: np.ndarray, embeddings: np.ndarray,
+              group_of: Callable[[str], str] | None = None) -> dict:
+    """Per prompt and overall: reward mean/std (and a 95% interval of the mean), diversity; with
+    `group_of` (prompt -> group name), also success rates per group (see success_rates)."""
     per_prompt = {}
     for prompt in dict.fromkeys(prompts):
         rows = np.asarray([i for i, p in enumerate(prompts) if p == prompt])
@@ -66,4 +91,5 @@ def summarise(prompts: list[str], scores: np.ndarray, embeddings: np.ndarray) ->
         "reward_ci95": float(1.96 * finite.std(ddof=1) / math.sqrt(len(finite))) if len(finite) > 1 else float("nan"),
         "diversity_mean": float(np.nanmean([v["diversity"] for v in per_prompt.values()])),
         "per_prompt": per_prompt,
+        **({"success": success_rates(prompts, scores, group_of)} if group_of else {}),
     }

@@ -84,6 +84,14 @@ def split_of(caption: Caption) -> str:
     return "train"
 
 
+def prompt_group(text: str) -> str:
+    """The evaluation group of a caption: "one object" or "two objects", and its split, e.g.
+    "two objects, held-out pair"."""
+    caption = parse_caption(text)
+    count = "one object" if len(caption.objects) == 1 else "two objects"
+    return f"{count}, {'seen' if split_of(caption) == 'train' else split_of(caption)}"
+
+
 def _mask(shape: str, cx: float, cy: float, r: float) -> np.ndarray:
     """Boolean [SIZE, SIZE] mask of a shape with centre (cx, cy) and half-extent r (pixel centres)."""
     y, x = np.mgrid[0:SIZE, 0:SIZE] + 0.5

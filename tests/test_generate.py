@@ -12,7 +12,7 @@ from diffusers import DDIMScheduler, StableDiffusionPipeline
 from PIL import Image
 
 from b2diffurl.checkpoint import save_checkpoint
-from b2diffurl.evaluation import mean_pairwise_distance, pixel_embeddings, summarise
+from b2diffurl.evaluation import mean_pairwise_distance, pixel_embeddings, summarise, wilson_interval
 from b2diffurl.pipeline import load_pipeline, lora_parameters
 from b2diffurl.sampler import generate_images
 from conftest import REPO
@@ -92,6 +92,20 @@ def test_summarise_per_prompt_and_overall():
     assert s["reward_ci95"] == pytest.approx(1.96 * np.std(scores, ddof=1) / 2)
 
 
+def test_success_rates_per_group_with_wilson_intervals():
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)  # the textbook example
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    prompts = ["x1", "x1", "y1", "y1", "y2", "y2"]
+    scores = np.array([1.0, 0.0, 1.0, 1.0, 0.5, 1.0])  # 0.5: not a success
+    s = summarise(prompts, scores, np.zeros((6, 1)), group_of=lambda p: p[0])
+    assert s["success"]["all"]["success_rate"] == pytest.approx(4 / 6) and s["success"]["all"]["num_images"] == 6
+    assert s["success"]["x"]["success_rate"] == 0.5 and s["success"]["y"]["success_rate"] == 0.75
+    low, high = wilson_interval(3, 4)
+    assert (s["success"]["y"]["ci95_low"], s["success"]["y"]["ci95_high"]) == (low, high)
+    assert "success" not in summarise(prompts, scores, np.zeros((6, 1)))
+
+
 def test_evaluate_command_reports_base_and_lora(tiny_config, trained_lora, tmp_path):
     out = tmp_path / "report.json"
     result = subprocess.run(
@@ -105,3 +119,19 @@ def test_evaluate_command_reports_base_and_lora(tiny_config, trained_lora, tmp_p
     for name in ("base", "lora"):
         assert report["results"][name]["num_images"] == 6 and len(report["results"][name]["per_prompt"]) == 3
     assert report["results"]["base"]["reward_mean"] != report["results"]["lora"]["reward_mean"]
+
+
+def test_evaluate_reports_success_rates_per_group_for_the_shapes_reward(tiny_config, tmp_path):
+    out = tmp_path / "report.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "b2diffurl.evaluate", "--config", "config/tiny.py",
+         "--config.pretrained.model", tiny_config.pretrained.model, "--config.pretrained.build_tiny=False",
+         "--config.reward.name", "shapes", "--prompt-file", "config/prompt/shapes/test.json",
+         "--config.eval.max_prompts", "4", "--num-images", "2", "--out", str(out)],
+        cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    success = json.loads(out.read_text())["results"]["base"]["success"]
+    # the first 4 test prompts: 3 single objects with held-out bindings, then a two-object one
+    assert success["one object, held-out binding"]["num_images"] == 6
+    assert success["two objects, held-out binding"]["num_images"] == 2 and success["all"]["num_images"] == 8
+    assert "success" in result.stderr

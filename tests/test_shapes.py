@@ -113,3 +113,26 @@ def test_test_prompts_hold_out_bindings_and_pairs_never_trained_on():
     assert set(groups) == {"held-out binding", "held-out pair"}
     assert all(len(c.objects) == 2 for c in groups["held-out pair"]) and len(groups["held-out pair"]) == 72
     assert {len(c.objects) for c in train} == {1, 2}
+
+
+def test_pretraining_saves_a_pipeline_that_loads_and_generates(tmp_path):
+    import torch
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    from b2diffurl.sampler import generate_images
+    from b2diffurl.shapes_pretrain import pretrain
+
+    out = str(tmp_path / "shapes-sd")
+    record = pretrain(out, minutes=10.0, seed=0, batch_size=8, max_steps=2)  # two steps a phase
+    assert record["autoencoder_steps"] == record["denoiser_steps"] == 2 and record["scaling_factor"] > 0
+    pipe = StableDiffusionPipeline.from_pretrained(out, safety_checker=None)
+    assert pipe.tokenizer("a red circle above a blue square").input_ids[1:-1] == [
+        pipe.tokenizer.convert_tokens_to_ids(word + "</w>") for word in "a red circle above a blue square".split()]
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    with torch.no_grad():
+        images, prompts = generate_images(pipe, ["a red circle"], 2, num_steps=4, eta=1.0, guidance_scale=5.0,
+                                          seed=0, batch_size=2)
+    assert images.shape == (2, shapes.SIZE, shapes.SIZE, 3) and prompts == ["a red circle"] * 2
+    pretrain(str(tmp_path / "again"), minutes=10.0, seed=0, batch_size=8, max_steps=2)  # the same seed again
+    again = StableDiffusionPipeline.from_pretrained(str(tmp_path / "again"), safety_checker=None)
+    assert all(torch.equal(a, b) for a, b in zip(again.unet.state_dict().values(), pipe.unet.state_dict().values()))

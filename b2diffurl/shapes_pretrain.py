@@ -1,0 +1,185 @@
+"""Pretrain the shapes world's text-to-image model from scratch, on a CPU, in bounded time.
+
+    python -m b2diffurl.shapes_pretrain --out model/shapes-sd --minutes 30
+
+A small Stable-Diffusion-architecture pipeline: an AutoencoderKL from 32×32 RGB to 8×8×4
+latents, a UNet2DConditionModel with cross-attention, a CLIP text encoder and the project's
+word-level CLIP tokenizer over the shapes captions, trained on images that b2diffurl.shapes
+renders for the captions of the train split (config/prompt/shapes/train.json). First the
+autoencoder (reconstruction with a small KL term), then the UNet and text encoder together
+with the plain epsilon loss of SD's noise schedule, the caption dropped 10% of the time so that
+classifier-free guidance works. Saved as a diffusers folder that StableDiffusionPipeline loads.
+Deterministic in --seed for a given number of steps; --minutes bounds the wall time instead
+(the step counts it reached are written to pretrain.json beside the model).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from absl import app, flags
+
+from b2diffurl import shapes
+
+OUT = flags.DEFINE_string("out", "model/shapes-sd", "where the diffusers folder is written")
+MINUTES = flags.DEFINE_float("minutes", 30.0, "wall-time budget for both phases")
+VAE_SHARE = flags.DEFINE_float("vae_share", 0.15, "share of the budget spent on the autoencoder")
+MAX_STEPS = flags.DEFINE_integer("max_steps", 0, "stop each phase after this many steps (0: time only)")
+BATCH = flags.DEFINE_integer("batch_size", 64, "images per step")
+SEED = flags.DEFINE_integer("seed", 0, "seed of weights, captions, placements and noise")
+PROMPT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "prompt", "shapes")
+TEXT_WIDTH = 64  # text encoder width = the UNet's cross-attention width
+log = logging.getLogger(__name__)
+
+
+def build_models(seed: int):
+    """Tokenizer, text encoder, autoencoder and UNet, randomly initialised (deterministic in `seed`)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from b2diffurl.tiny import make_tokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = make_tokenizer(PROMPT_DIR)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=TEXT_WIDTH, intermediate_size=4 * TEXT_WIDTH, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=77, projection_dim=TEXT_WIDTH,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    ))
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=shapes.SIZE,
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=16,
+    )
+    unet = UNet2DConditionModel(
+        sample_size=shapes.SIZE // 4, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(64, 128), norm_num_groups=32, cross_attention_dim=TEXT_WIDTH, attention_head_dim=8,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    )
+    return tokenizer, text_encoder, vae, unet
+
+
+def batches(captions: list[str], batch_size: int, rng: np.random.Generator):
+    """Endless (captions, images in [-1, 1] as [B, 3, H, W]) of random train captions, rendered."""
+    while True:
+        chosen = [captions[i] for i in rng.integers(0, len(captions), size=batch_size)]
+        images = np.stack([shapes.render(caption, rng) for caption in chosen])
+        yield chosen, torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def _run_phase(name: str, step_fn, data, seconds: float, max_steps: int) -> int:
+    """Call step_fn(batch) until the time or step budget is spent; returns the number of steps."""
+    started, step, losses = time.time(), 0, []
+    while time.time() - started < seconds and (max_steps <= 0 or step < max_steps):
+        losses.append(step_fn(*next(data)))
+        step += 1
+        if step % 100 == 0:
+            log.info("%s step %d: loss %.4f (%.0f s)", name, step, np.mean(losses[-100:]), time.time() - started)
+    return step
+
+
+def train_autoencoder(vae, data, seconds: float, max_steps: int) -> int:
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3)
+    vae.train()
+
+    def step(_, images):
+        posterior = vae.encode(images).latent_dist
+        reconstruction = vae.decode(posterior.sample()).sample
+        loss = F.mse_loss(reconstruction, images) + 1e-6 * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    steps = _run_phase("autoencoder", step, data, seconds, max_steps)
+    vae.eval().requires_grad_(False)
+    return steps
+
+
+def latent_scaling_factor(vae, data, num_batches: int = 4) -> float:
+    """1 / std of the autoencoder's latents, so the diffusion model sees unit-variance latents (as SD's 0.18215)."""
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(next(data)[1]).latent_dist.mean for _ in range(num_batches)])
+    return float(1.0 / latents.std())
+
+
+def train_denoiser(unet, text_encoder, tokenizer, vae, data, seconds: float, max_steps: int,
+                   generator: torch.Generator) -> int:
+    from diffusers import DDPMScheduler
+
+    from b2diffurl.tiny import SD_SCHEDULER_CONFIG
+
+    noise_scheduler = DDPMScheduler(**{k: v for k, v in SD_SCHEDULER_CONFIG.items() if k != "set_alpha_to_one"})
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(params, lr=3e-4, weight_decay=1e-2)
+    unet.train()
+    text_encoder.train()
+    scale = vae.config.scaling_factor
+
+    def step(captions, images):
+        keep = torch.rand(len(captions), generator=generator) >= 0.1  # 10% unconditional, for CFG
+        tokens = tokenizer([c if k else "" for c, k in zip(captions, keep.tolist())], padding="max_length",
+                           max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt")
+        with torch.no_grad():
+            latents = vae.encode(images).latent_dist.mean * scale
+        noise = torch.randn(latents.shape, generator=generator)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
+        noisy = noise_scheduler.add_noise(latents, noise, t)
+        text = text_encoder(tokens.input_ids)[0]
+        loss = F.mse_loss(unet(noisy, t, encoder_hidden_states=text).sample, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        return loss.item()
+
+    steps = _run_phase("denoiser", step, data, seconds, max_steps)
+    unet.eval()
+    text_encoder.eval()
+    return steps
+
+
+def pretrain(out: str, minutes: float, seed: int, batch_size: int = 64, vae_share: float = 0.15,
+             max_steps: int = 0) -> dict:
+    """Build, train and save the shapes model to `out`; returns what was done (also in out/pretrain.json)."""
+    from b2diffurl.tiny import assemble_pipeline
+
+    with open(os.path.join(PROMPT_DIR, "train.json")) as f:
+        captions = json.load(f)
+    tokenizer, text_encoder, vae, unet = build_models(seed)
+    data = batches(captions, batch_size, np.random.default_rng(seed))
+    budget = 60.0 * minutes
+    started = time.time()
+    vae_steps = train_autoencoder(vae, data, vae_share * budget, max_steps)
+    vae.register_to_config(scaling_factor=latent_scaling_factor(vae, data))
+    unet_steps = train_denoiser(unet, text_encoder, tokenizer, vae, data, budget - (time.time() - started),
+                                max_steps, torch.Generator().manual_seed(seed))
+    assemble_pipeline(tokenizer, text_encoder, vae, unet).save_pretrained(out)
+    record = {"seed": seed, "minutes": minutes, "batch_size": batch_size, "autoencoder_steps": vae_steps,
+              "denoiser_steps": unet_steps, "scaling_factor": vae.config.scaling_factor,
+              "seconds": round(time.time() - started, 1), "torch_threads": torch.get_num_threads(),
+              "parameters": {name: sum(p.numel() for p in m.parameters()) for name, m in
+                             (("unet", unet), ("vae", vae), ("text_encoder", text_encoder))}}
+    with open(os.path.join(out, "pretrain.json"), "w") as f:
+        json.dump(record, f, indent=2)
+    return record
+
+
+def main(argv) -> None:
+    from b2diffurl.logs import setup_logging
+
+    setup_logging()
+    logging.getLogger(__name__).setLevel(logging.INFO)
+    record = pretrain(OUT.value, MINUTES.value, SEED.value, BATCH.value, VAE_SHARE.value, MAX_STEPS.value)
+    log.info("saved to %s: %s", OUT.value, record)
+
+
+if __name__ == "__main__":
+    app.run(main)
