@@ -95,12 +95,7 @@ def _config(overrides: dict):
     from config import tiny
 
     config = tiny.get_config()
-    for key, value in overrides.items():
-        *groups, name = key.split(".")
-        node = config
-        for group in groups:
-            node = node[group]
-        node[name] = value
+    config.update_from_flattened_dict(overrides)
     return config
 
 

@@ -25,7 +25,7 @@ from diffusers import DDIMScheduler, StableDiffusionPipeline
 from b2diffurl.ddim import ddim_step_with_log_prob
 from b2diffurl.files import atomic_torch_save
 from b2diffurl.guidance import guided_noise
-from b2diffurl.pipeline import load_pipeline, lora_merged, lora_parameters, make_accelerator
+from b2diffurl.pipeline import load_pipeline, lora_merged, make_accelerator
 from b2diffurl.prompts import encode_prompts
 from b2diffurl.sampler import decode_images, sample_branches
 from config import tiny
