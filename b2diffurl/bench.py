@@ -92,7 +92,7 @@ def _overrides(model_dir: str, save_path: str) -> dict:
 
 
 def _config(overrides: dict):
-    from config import tiny
+    from config import tiny_random as tiny
 
     config = tiny.get_config()
     config.update_from_flattened_dict(overrides)
@@ -222,7 +222,7 @@ def bench_scripts(config, overrides: dict) -> dict:
     from b2diffurl.stages import plan_stage
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    flags_ = ["--config", "config/tiny.py"]
+    flags_ = ["--config", "config/tiny_random.py"]
     for key, value in overrides.items():
         flags_ += [f"--config.{key}={value}"] if isinstance(value, bool) else [f"--config.{key}", str(value)]
     figures = {}

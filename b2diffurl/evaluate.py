@@ -58,7 +58,7 @@ def main(config) -> None:
     embed, embedding_name = build_embedder(config, accelerator.device)
     group_of = None
     if config.reward.name in ("shapes", "shapes_partial"):  # success rates per prompt group
-        from b2diffurl.shapes import prompt_group as group_of
+        from b2diffurl.shapes import prompt_groups as group_of
 
     def evaluate(name: str) -> dict:
         images, expanded = generate_with_config(pipe, accelerator, config, prompts, num_images, seed=config.seed)

@@ -61,11 +61,13 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def success_rates(prompts: list[str], scores: np.ndarray, group_of: Callable[[str], str]) -> dict:
-    """Fraction of images scoring 1.0, with its 95% interval, overall and per prompt group."""
+def success_rates(prompts: list[str], scores: np.ndarray, group_of: Callable[[str], str | tuple[str, ...]]) -> dict:
+    """Fraction of images scoring 1.0, with its 95% interval, overall and per prompt group
+    (`group_of` gives a prompt's group, or a tuple of the several groups it belongs to)."""
+    memberships = [{g} if isinstance(g, str) else set(g) for g in map(group_of, prompts)]
     groups = {"all": np.ones(len(prompts), bool)}
-    for name in sorted({group_of(p) for p in prompts}):
-        groups[name] = np.array([group_of(p) == name for p in prompts])
+    for name in sorted(set().union(*memberships)):
+        groups[name] = np.array([name in m for m in memberships])
     out = {}
     for name, rows in groups.items():
         successes, trials = int((scores[rows] == 1.0).sum()), int(rows.sum())
@@ -75,7 +77,7 @@ def success_rates(prompts: list[str], scores: np.ndarray, group_of: Callable[[st
 
 
 def summarise(prompts: list[str], scores: np.ndarray, embeddings: np.ndarray,
-              group_of: Callable[[str], str] | None = None) -> dict:
+              group_of: Callable[[str], str | tuple[str, ...]] | None = None) -> dict:
     """Per prompt and overall: reward mean/std (and a 95% interval of the mean), diversity; with
     `group_of` (prompt -> group name), also success rates per group (see success_rates)."""
     per_prompt = {}

@@ -45,8 +45,9 @@ def _read_json(path: str, warnings: list[str]) -> dict | None:
         return None
 
 
-def _evaluations(run_dir: str, warnings: list[str]) -> tuple[dict, dict | None]:
-    """Per-stage LoRA evaluation arrays, and the base model's results (or None)."""
+def read_evaluations(run_dir: str, warnings: list[str]) -> tuple[list[tuple[int, dict]], dict | None]:
+    """(stage, LoRA results) of every stage{k}/evaluation.json in stage order, and the base
+    model's results (or None); what cannot be read is skipped with a line in `warnings`."""
     rows, base = [], None
     for stage, folder in stage_dirs(run_dir):
         path = os.path.join(folder, EVALUATION_FILE)
@@ -66,6 +67,12 @@ def _evaluations(run_dir: str, warnings: list[str]) -> tuple[dict, dict | None]:
             base = results["base"]  # the run-level file wins over a copy inside a stage's file
         else:
             warnings.append(f"{base_path} has no results.base")
+    return rows, base
+
+
+def _evaluations(run_dir: str, warnings: list[str]) -> tuple[dict, dict | None]:
+    """Per-stage LoRA evaluation arrays, and the base model's results (or None)."""
+    rows, base = read_evaluations(run_dir, warnings)
     evaluations = {"eval_stage": np.array([s for s, _ in rows], dtype=np.int64)}
     for field in EVAL_FIELDS:
         evaluations[f"eval_{field}"] = np.array([_number(r.get(field)) for _, r in rows], dtype=np.float64)
@@ -136,7 +143,7 @@ def collect(run_dir: str) -> dict:
     return data
 
 
-def _agg_figure(**kwargs):
+def agg_figure(**kwargs):
     """A matplotlib Figure on the Agg canvas; one line and exit code 2 if matplotlib is missing.
 
     The Figure is made without pyplot, so drawing a report neither needs a display nor switches
@@ -351,7 +358,7 @@ def draw_report(data: dict, out_path: str) -> None:
     """Draw `collect`'s data as a 2 x 3 figure and write it to `out_path` as PNG."""
     from b2diffurl.files import atomic_write
 
-    fig = _agg_figure(figsize=(17, 9.5), layout="constrained")
+    fig = agg_figure(figsize=(17, 9.5), layout="constrained")
     axes = fig.subplots(2, 3)
     _reward_panel(axes[0, 0], data)
     _selection_panel(axes[0, 1], data)

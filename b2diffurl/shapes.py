@@ -84,12 +84,18 @@ def split_of(caption: Caption) -> str:
     return "train"
 
 
-def prompt_group(text: str) -> str:
-    """The evaluation group of a caption: "one object" or "two objects", and its split, e.g.
-    "two objects, held-out pair"."""
+HELD_OUT_TWO_OBJECTS = "two objects, held-out"  # the headline group: both kinds of held-out pair captions
+
+
+def prompt_groups(text: str) -> tuple[str, ...]:
+    """The evaluation groups of a caption: "one object" or "two objects" with its split, e.g.
+    "two objects, held-out pair", and for held-out two-object captions also HELD_OUT_TWO_OBJECTS."""
     caption = parse_caption(text)
     count = "one object" if len(caption.objects) == 1 else "two objects"
-    return f"{count}, {'seen' if split_of(caption) == 'train' else split_of(caption)}"
+    split = split_of(caption)
+    if split == "train":
+        return (f"{count}, seen",)
+    return (f"{count}, {split}",) + ((HELD_OUT_TWO_OBJECTS,) if count == "two objects" else ())
 
 
 def _mask(shape: str, cx: float, cy: float, r: float) -> np.ndarray:

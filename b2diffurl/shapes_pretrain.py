@@ -6,9 +6,12 @@ A small Stable-Diffusion-architecture pipeline: an AutoencoderKL from 32×32 RGB
 latents, a UNet2DConditionModel with cross-attention, a CLIP text encoder and the project's
 word-level CLIP tokenizer over the shapes captions, trained on images that b2diffurl.shapes
 renders for the captions of the train split (config/prompt/shapes/train.json). First the
-autoencoder (reconstruction with a small KL term), then the UNet and text encoder together
-with the plain epsilon loss of SD's noise schedule, the caption dropped 10% of the time so that
-classifier-free guidance works. Saved as a diffusers folder that StableDiffusionPipeline loads.
+autoencoder (reconstruction with a small KL term); then a pool of rendered images is encoded
+once, and the UNet and text encoder learn from it together with the plain epsilon loss of SD's
+noise schedule, the caption dropped 10% of the time so that classifier-free guidance works,
+their weights averaged (EMA) for the saved model. A quarter of the captions drawn are single
+objects (the train split is mostly pairs). Saved in fp16 (about 11 MB) as a diffusers folder
+that StableDiffusionPipeline loads.
 Deterministic in --seed for a given number of steps; --minutes bounds the wall time instead
 (the step counts it reached are written to pretrain.json beside the model).
 """
@@ -29,12 +32,16 @@ from b2diffurl import shapes
 
 OUT = flags.DEFINE_string("out", "model/shapes-sd", "where the diffusers folder is written")
 MINUTES = flags.DEFINE_float("minutes", 30.0, "wall-time budget for both phases")
-VAE_SHARE = flags.DEFINE_float("vae_share", 0.15, "share of the budget spent on the autoencoder")
+VAE_SHARE = flags.DEFINE_float("vae_share", 0.2, "share of the budget spent on the autoencoder")
 MAX_STEPS = flags.DEFINE_integer("max_steps", 0, "stop each phase after this many steps (0: time only)")
-BATCH = flags.DEFINE_integer("batch_size", 64, "images per step")
+BATCH = flags.DEFINE_integer("batch_size", 128, "images per step")
 SEED = flags.DEFINE_integer("seed", 0, "seed of weights, captions, placements and noise")
 PROMPT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "prompt", "shapes")
 TEXT_WIDTH = 64  # text encoder width = the UNet's cross-attention width
+MAX_TOKENS = 16  # the longest caption is 12 tokens with its start and end marks
+SINGLE_SHARE = 0.25  # share of single-object captions among those drawn for training
+POOL_SIZE = 40_000  # images encoded once for the denoiser phase
+EMA_DECAY = 0.999
 log = logging.getLogger(__name__)
 
 
@@ -46,10 +53,10 @@ def build_models(seed: int):
     from b2diffurl.tiny import make_tokenizer
 
     torch.manual_seed(seed)
-    tokenizer = make_tokenizer(PROMPT_DIR)
+    tokenizer = make_tokenizer(PROMPT_DIR, MAX_TOKENS)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=TEXT_WIDTH, intermediate_size=4 * TEXT_WIDTH, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=77, projection_dim=TEXT_WIDTH,
+        num_attention_heads=4, max_position_embeddings=MAX_TOKENS, projection_dim=TEXT_WIDTH,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     ))
     vae = AutoencoderKL(
@@ -67,9 +74,13 @@ def build_models(seed: int):
 
 
 def batches(captions: list[str], batch_size: int, rng: np.random.Generator):
-    """Endless (captions, images in [-1, 1] as [B, 3, H, W]) of random train captions, rendered."""
+    """Endless (captions, images in [-1, 1] as [B, 3, H, W]) of random train captions, rendered;
+    SINGLE_SHARE of them single objects."""
+    singles = [c for c in captions if len(shapes.parse_caption(c).objects) == 1]
+    pairs = [c for c in captions if c not in singles]
     while True:
-        chosen = [captions[i] for i in rng.integers(0, len(captions), size=batch_size)]
+        single = rng.random(batch_size) < SINGLE_SHARE
+        chosen = [singles[rng.integers(len(singles))] if one else pairs[rng.integers(len(pairs))] for one in single]
         images = np.stack([shapes.render(caption, rng) for caption in chosen])
         yield chosen, torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
@@ -103,32 +114,45 @@ def train_autoencoder(vae, data, seconds: float, max_steps: int) -> int:
     return steps
 
 
-def latent_scaling_factor(vae, data, num_batches: int = 4) -> float:
-    """1 / std of the autoencoder's latents, so the diffusion model sees unit-variance latents (as SD's 0.18215)."""
+def encode_pool(vae, data, num_images: int) -> tuple[list[str], torch.Tensor]:
+    """`num_images` captions and the autoencoder's mean latents of their renders."""
+    captions, latents = [], []
     with torch.no_grad():
-        latents = torch.cat([vae.encode(next(data)[1]).latent_dist.mean for _ in range(num_batches)])
-    return float(1.0 / latents.std())
+        while len(captions) < num_images:
+            chosen, images = next(data)
+            captions += chosen
+            latents.append(vae.encode(images).latent_dist.mean)
+    return captions[:num_images], torch.cat(latents)[:num_images]
 
 
-def train_denoiser(unet, text_encoder, tokenizer, vae, data, seconds: float, max_steps: int,
+def pool_batches(captions: list[str], latents: torch.Tensor, batch_size: int, generator: torch.Generator):
+    """Endless random batches (captions, latents) from the pool."""
+    while True:
+        index = torch.randint(0, len(captions), (batch_size,), generator=generator)
+        yield [captions[i] for i in index.tolist()], latents[index]
+
+
+def train_denoiser(unet, text_encoder, tokenizer, data, seconds: float, max_steps: int,
                    generator: torch.Generator) -> int:
+    """Epsilon-loss training on (captions, unit-variance latents) batches; the models end
+    holding the exponential moving average of their weights."""
     from diffusers import DDPMScheduler
 
     from b2diffurl.tiny import SD_SCHEDULER_CONFIG
 
     noise_scheduler = DDPMScheduler(**{k: v for k, v in SD_SCHEDULER_CONFIG.items() if k != "set_alpha_to_one"})
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    optimizer = torch.optim.AdamW(params, lr=3e-4, weight_decay=1e-2)
+    average = [p.detach().clone() for p in params]
+    optimizer = torch.optim.AdamW(params, lr=5e-4, weight_decay=1e-2)
     unet.train()
     text_encoder.train()
-    scale = vae.config.scaling_factor
+    steps = 0
 
-    def step(captions, images):
+    def step(captions, latents):
+        nonlocal steps
         keep = torch.rand(len(captions), generator=generator) >= 0.1  # 10% unconditional, for CFG
         tokens = tokenizer([c if k else "" for c, k in zip(captions, keep.tolist())], padding="max_length",
                            max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt")
-        with torch.no_grad():
-            latents = vae.encode(images).latent_dist.mean * scale
         noise = torch.randn(latents.shape, generator=generator)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
         noisy = noise_scheduler.add_noise(latents, noise, t)
@@ -138,15 +162,21 @@ def train_denoiser(unet, text_encoder, tokenizer, vae, data, seconds: float, max
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
+        steps += 1
+        with torch.no_grad():  # warm-up of the average, as in diffusers' EMAModel
+            torch._foreach_lerp_(average, [p.detach() for p in params], 1 - min(EMA_DECAY, (1 + steps) / (10 + steps)))
         return loss.item()
 
-    steps = _run_phase("denoiser", step, data, seconds, max_steps)
+    _run_phase("denoiser", step, data, seconds, max_steps)
+    with torch.no_grad():
+        for p, a in zip(params, average):
+            p.copy_(a)
     unet.eval()
     text_encoder.eval()
     return steps
 
 
-def pretrain(out: str, minutes: float, seed: int, batch_size: int = 64, vae_share: float = 0.15,
+def pretrain(out: str, minutes: float, seed: int, batch_size: int = 128, vae_share: float = 0.2,
              max_steps: int = 0) -> dict:
     """Build, train and save the shapes model to `out`; returns what was done (also in out/pretrain.json)."""
     from b2diffurl.tiny import assemble_pipeline
@@ -158,11 +188,16 @@ def pretrain(out: str, minutes: float, seed: int, batch_size: int = 64, vae_shar
     budget = 60.0 * minutes
     started = time.time()
     vae_steps = train_autoencoder(vae, data, vae_share * budget, max_steps)
-    vae.register_to_config(scaling_factor=latent_scaling_factor(vae, data))
-    unet_steps = train_denoiser(unet, text_encoder, tokenizer, vae, data, budget - (time.time() - started),
-                                max_steps, torch.Generator().manual_seed(seed))
-    assemble_pipeline(tokenizer, text_encoder, vae, unet).save_pretrained(out)
+    pool_captions, pool_latents = encode_pool(vae, data, POOL_SIZE if max_steps <= 0 else max_steps * batch_size)
+    scale = float(1.0 / pool_latents.std())  # unit-variance latents for the diffusion model, as SD's 0.18215
+    vae.register_to_config(scaling_factor=scale)
+    generator = torch.Generator().manual_seed(seed)
+    unet_steps = train_denoiser(unet, text_encoder, tokenizer,
+                                pool_batches(pool_captions, pool_latents * scale, batch_size, generator),
+                                budget - (time.time() - started), max_steps, generator)
+    assemble_pipeline(tokenizer, text_encoder, vae, unet).to(torch.float16).save_pretrained(out)
     record = {"seed": seed, "minutes": minutes, "batch_size": batch_size, "autoencoder_steps": vae_steps,
+              "pool_images": len(pool_captions),
               "denoiser_steps": unet_steps, "scaling_factor": vae.config.scaling_factor,
               "seconds": round(time.time() - started, 1), "torch_threads": torch.get_num_threads(),
               "parameters": {name: sum(p.numel() for p in m.parameters()) for name, m in

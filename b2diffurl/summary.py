@@ -43,6 +43,27 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def success_lines(run: str) -> list[str]:
+    """One line per held-out evaluation that has success rates (the shapes rewards): the base
+    model's, then each evaluated stage's, for the headline group (held-out two-object captions)
+    and over all images."""
+    from b2diffurl.report import read_evaluations
+    from b2diffurl.shapes import HELD_OUT_TWO_OBJECTS
+
+    rows, base = read_evaluations(run, [])
+    lines = []
+    for name, result in ([("base", base)] if base else []) + [(f"stage {stage}", r) for stage, r in rows]:
+        success = result.get("success", {})
+        cells = [f"{group} {success[group]['success_rate']:.3f} [{success[group]['ci95_low']:.3f}, "
+                 f"{success[group]['ci95_high']:.3f}] of {success[group]['num_images']}"
+                 for group in (HELD_OUT_TWO_OBJECTS, "all") if group in success]
+        if cells:
+            lines.append(f"success {name:>9}: " + "; ".join(cells))
+    return lines
+
+
 if __name__ == "__main__":
     run = sys.argv[1] if len(sys.argv) > 1 else "model/tiny"
     print(format_table(stage_table(read_run_metrics(run))))
+    for line in success_lines(run):
+        print(line)

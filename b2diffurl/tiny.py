@@ -44,29 +44,48 @@ def _prompt_words(prompt_dir: str) -> list[str]:
     return sorted(words)
 
 
+def _bpe_split(symbols: list[str], ranks: dict[str, int]) -> list[str]:
+    """`symbols` after byte-pair merging as CLIP's tokenizer does it: the lowest-ranked adjacent
+    pair is merged wherever it occurs (left to right), until no ranked pair is left."""
+    while len(symbols) > 1:
+        rank, first, second = min((ranks.get(f"{a} {b}", len(ranks)), a, b) for a, b in zip(symbols, symbols[1:]))
+        if rank == len(ranks):
+            break
+        merged, i = [], 0
+        while i < len(symbols):
+            if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == (first, second):
+                merged.append(first + second)
+                i += 2
+            else:
+                merged.append(symbols[i])
+                i += 1
+        symbols = merged
+    return symbols
+
+
 def write_tokenizer_files(directory: str, words: list[str]) -> None:
     """Write vocab.json and merges.txt of a small CLIP BPE vocabulary.
 
     Base tokens are single characters (with and without the end-of-word mark `</w>`, as CLIP's
-    BPE uses); each word gets left-to-right merges so that it ends as one token. Every merge
-    result is in the vocabulary, so any text tokenizes to known tokens.
+    BPE uses). Each word, in turn, is split by the merges made so far (as BPE would split it) and
+    gets a new merge joining its first two pieces, until it is one token. Later merges rank
+    after a word's own, so they never change how it splits: every word stays one token.
+    (Fixed left-to-right merges would not do: "r i" from "right", ranked first, breaks
+    "triangle".) Every merge result is in the vocabulary, so any text tokenizes to known tokens.
     """
     characters = string.ascii_lowercase + string.digits + string.punctuation
     vocab: dict[str, int] = {}
     for token in [*characters, *(c + "</w>" for c in characters)]:
         vocab.setdefault(token, len(vocab))
     merges: list[str] = []
+    ranks: dict[str, int] = {}
     for word in words:
         if any(c not in characters for c in word):
             continue
-        symbols = [*word[:-1], word[-1] + "</w>"]
-        merged = symbols[0]
-        for symbol in symbols[1:]:
-            merge = f"{merged} {symbol}"
-            merged += symbol
-            if merged not in vocab:
-                merges.append(merge)
-                vocab[merged] = len(vocab)
+        while len(pieces := _bpe_split([*word[:-1], word[-1] + "</w>"], ranks)) > 1:
+            ranks[f"{pieces[0]} {pieces[1]}"] = len(merges)
+            merges.append(f"{pieces[0]} {pieces[1]}")
+            vocab.setdefault(pieces[0] + pieces[1], len(vocab))
     for token in SPECIAL_TOKENS:
         vocab[token] = len(vocab)
     with open(os.path.join(directory, "vocab.json"), "w") as f:
@@ -75,12 +94,12 @@ def write_tokenizer_files(directory: str, words: list[str]) -> None:
         f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
 
 
-def make_tokenizer(prompt_dir: str = PROMPT_DIR) -> CLIPTokenizer:
-    """The project's small CLIP tokenizer (77 tokens, as SD's)."""
+def make_tokenizer(prompt_dir: str = PROMPT_DIR, max_length: int = 77) -> CLIPTokenizer:
+    """The project's small CLIP tokenizer (77 tokens, as SD's, unless `max_length` says fewer)."""
     with tempfile.TemporaryDirectory() as tmp:
         write_tokenizer_files(tmp, _prompt_words(prompt_dir))
         return CLIPTokenizer(vocab=os.path.join(tmp, "vocab.json"), merges=os.path.join(tmp, "merges.txt"),
-                             model_max_length=77)
+                             model_max_length=max_length)
 
 
 def assemble_pipeline(tokenizer, text_encoder, vae, unet) -> StableDiffusionPipeline:

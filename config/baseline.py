@@ -10,12 +10,17 @@ sample.num_batches_per_stage is scaled by K (1,280 images a stage: 160 batches o
 from config import stage_process
 
 
+def ddpo_overrides(config) -> dict:
+    """The changes (flattened keys) that turn a B2-DiffuRL config into its DDPO-style baseline
+    with the same number of sampled images a stage (b2diffurl.compare uses them too)."""
+    steps = config.sample.num_steps
+    return {"num_branches": 1, "stages.split_step_min": steps, "stages.split_step_max": steps,
+            "sample.num_batches_per_stage": config.sample.num_batches_per_stage * config.num_branches,
+            "eval.selection": "all"}
+
+
 def get_config():
     config = stage_process.get_config()
     config.exp_name = "baseline"
-    config.num_branches = 1
-    config.stages.split_step_min = config.sample.num_steps
-    config.stages.split_step_max = config.sample.num_steps
-    config.sample.num_batches_per_stage *= 5  # the branch run's K, so the image budget matches
-    config.eval.selection = "all"
+    config.update_from_flattened_dict(ddpo_overrides(config))
     return config

@@ -19,8 +19,8 @@ def tiny_model_dir(tmp_path_factory) -> str:
 
 @pytest.fixture()
 def tiny_config(tiny_model_dir, tmp_path):
-    """config/tiny.py pointing at the session's tiny model and a fresh run folder."""
-    from config import tiny
+    """config/tiny_random.py pointing at the session's tiny model and a fresh run folder."""
+    from config import tiny_random as tiny
 
     config = tiny.get_config()
     config.pretrained.model = tiny_model_dir

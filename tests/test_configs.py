@@ -6,10 +6,10 @@ import torch
 from b2diffurl.cli import UserError, check_config
 from b2diffurl.samples import load_samples
 from b2diffurl.stages import plan_stage
-from config import base, baseline, stage_process, tiny
+from config import base, baseline, stage_process, tiny, tiny_random
 
 
-@pytest.mark.parametrize("module", [base, stage_process, baseline, tiny])
+@pytest.mark.parametrize("module", [base, stage_process, baseline, tiny, tiny_random])
 def test_config_passes_the_checks_and_plans_every_stage(module):
     config = module.get_config()
     check_config(config)

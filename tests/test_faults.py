@@ -24,7 +24,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def _flags(config, *extra):
-    return ["--config", "config/tiny.py", "--config.pretrained.model", config.pretrained.model,
+    return ["--config", "config/tiny_random.py", "--config.pretrained.model", config.pretrained.model,
             "--config.pretrained.build_tiny=False", "--config.save_path", config.save_path,
             "--config.log_dir", config.log_dir, "--config.stages.num_stages", "2", *extra]
 
@@ -87,7 +87,7 @@ def test_killed_scripts_resume_to_the_uninterrupted_result(tiny_config, tmp_path
         workflow.train_stage(reference)
 
     process = ["bash", "run_process.sh", *_flags(tiny_config)]
-    run = os.path.join(tiny_config.save_path, "tiny")
+    run = os.path.join(tiny_config.save_path, "tiny_random")
     stage1 = os.path.join(run, "stage1")
     # Fault 1: killed while sampling stage 1 (after stage 0 completed).
     _run_until_killed(process, lambda out: "stage 1: split step" in out)
@@ -106,7 +106,7 @@ def test_killed_scripts_resume_to_the_uninterrupted_result(tiny_config, tmp_path
     assert "continuing at stage 1" in result.stdout
 
     assert _tree_digest(os.path.join(run, "stage0")) == stage0_files  # earlier stages never touched
-    ref_run = os.path.join(reference.save_path, "tiny")
+    ref_run = os.path.join(reference.save_path, "tiny_random")
     for stage in ("stage0", "stage1"):
         for name in ("sample.pkl", "sample_stage.pkl"):
             _assert_same_tensors(torch.load(os.path.join(run, stage, name), weights_only=True),
@@ -150,7 +150,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_config, tmp_path, 
     (prompts / "numbers.json").write_text('["a red apple", 7]')
     (prompts / "broken.json").write_text('["a red apple",')
     flags = [f.replace("PROMPTS", str(prompts)) for f in flags]
-    run = os.path.join(tiny_config.save_path, "tiny")
+    run = os.path.join(tiny_config.save_path, "tiny_random")
     os.makedirs(os.path.join(run, "stage0"))
     with open(os.path.join(run, "stage0", "sample.pkl"), "w") as f:
         f.write("a file a previous attempt left")
@@ -196,7 +196,7 @@ def test_non_finite_rewards_are_dropped_and_counted(tiny_config, monkeypatch):
     tiny_config.eval.pos_threshold = tiny_config.eval.neg_threshold = 0.0  # select in every group
     workflow.sample_stage(tiny_config)
     workflow.select_stage(tiny_config)
-    select = [m for m in read_run_metrics(os.path.join(tiny_config.save_path, "tiny")) if m["event"] == "select"][0]
+    select = [m for m in read_run_metrics(os.path.join(tiny_config.save_path, "tiny_random")) if m["event"] == "select"][0]
     assert select["num_nonfinite_rewards"] == 16 and np.isfinite(select["reward_mean"])
     selected = load_samples(plan_stage(tiny_config).paths.selected, selected=True)
     assert len(selected["prompts"]) > 0 and torch.isfinite(selected["rewards"]).all()
@@ -206,7 +206,7 @@ def test_non_finite_rewards_are_dropped_and_counted(tiny_config, monkeypatch):
 def test_continuing_a_run_with_a_run_defining_setting_changed_is_refused(tiny_config):
     tiny_config.stages.num_stages = 2  # as _flags says
     workflow.sample_stage(tiny_config)  # the run now exists, made with T = 10
-    run = os.path.join(tiny_config.save_path, "tiny")
+    run = os.path.join(tiny_config.save_path, "tiny_random")
     before = _tree_digest(run)
     result = subprocess.run([sys.executable, "run_sample.py", *_flags(tiny_config, "--config.sample.num_steps", "12")],
                             cwd=REPO, env=ENV, capture_output=True, text=True)

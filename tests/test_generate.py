@@ -59,7 +59,7 @@ def test_lora_images_equal_plain_diffusers_after_load_lora_weights(tiny_config, 
 def test_generate_command_writes_images_and_a_grid(tiny_config, trained_lora, tmp_path):
     out = tmp_path / "generated"
     result = subprocess.run(
-        [sys.executable, "-m", "b2diffurl.generate", "--config", "config/tiny.py",
+        [sys.executable, "-m", "b2diffurl.generate", "--config", "config/tiny_random.py",
          "--config.pretrained.model", tiny_config.pretrained.model, "--config.pretrained.build_tiny=False",
          "--lora", trained_lora, "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--num-images", "3",
          "--eta", "0", "--out", str(out)],
@@ -104,12 +104,15 @@ def test_success_rates_per_group_with_wilson_intervals():
     low, high = wilson_interval(3, 4)
     assert (s["success"]["y"]["ci95_low"], s["success"]["y"]["ci95_high"]) == (low, high)
     assert "success" not in summarise(prompts, scores, np.zeros((6, 1)))
+    several = summarise(prompts, scores, np.zeros((6, 1)), group_of=lambda p: (p[0], p[1]))  # two groups each
+    assert several["success"]["1"]["success_rate"] == 0.75 and several["success"]["2"]["num_images"] == 2
+    assert several["success"]["x"] == s["success"]["x"]
 
 
 def test_evaluate_command_reports_base_and_lora(tiny_config, trained_lora, tmp_path):
     out = tmp_path / "report.json"
     result = subprocess.run(
-        [sys.executable, "-m", "b2diffurl.evaluate", "--config", "config/tiny.py",
+        [sys.executable, "-m", "b2diffurl.evaluate", "--config", "config/tiny_random.py",
          "--config.pretrained.model", tiny_config.pretrained.model, "--config.pretrained.build_tiny=False",
          "--config.eval.max_prompts", "3", "--lora", trained_lora, "--num-images", "2", "--out", str(out)],
         cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True)
@@ -124,7 +127,7 @@ def test_evaluate_command_reports_base_and_lora(tiny_config, trained_lora, tmp_p
 def test_evaluate_reports_success_rates_per_group_for_the_shapes_reward(tiny_config, tmp_path):
     out = tmp_path / "report.json"
     result = subprocess.run(
-        [sys.executable, "-m", "b2diffurl.evaluate", "--config", "config/tiny.py",
+        [sys.executable, "-m", "b2diffurl.evaluate", "--config", "config/tiny_random.py",
          "--config.pretrained.model", tiny_config.pretrained.model, "--config.pretrained.build_tiny=False",
          "--config.reward.name", "shapes", "--prompt-file", "config/prompt/shapes/test.json",
          "--config.eval.max_prompts", "4", "--num-images", "2", "--out", str(out)],
@@ -134,4 +137,5 @@ def test_evaluate_reports_success_rates_per_group_for_the_shapes_reward(tiny_con
     # the first 4 test prompts: 3 single objects with held-out bindings, then a two-object one
     assert success["one object, held-out binding"]["num_images"] == 6
     assert success["two objects, held-out binding"]["num_images"] == 2 and success["all"]["num_images"] == 8
+    assert success["two objects, held-out"]["num_images"] == 2  # the headline group pools both held-out kinds
     assert "success" in result.stderr

@@ -23,7 +23,7 @@ LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--
 
 
 def _run_stage(tiny_config, save_path, launcher):
-    flags = ["--config", "config/tiny.py", "--config.pretrained.model", tiny_config.pretrained.model,
+    flags = ["--config", "config/tiny_random.py", "--config.pretrained.model", tiny_config.pretrained.model,
              "--config.pretrained.build_tiny=False", "--config.save_path", save_path, "--config.stage", "0",
              "--config.sample.save_png=False", "--config.tensorboard=False",
              # 16 selected samples in batches of 4, 3 batches an optimiser step: groups of 3 and 1
@@ -36,7 +36,7 @@ def _run_stage(tiny_config, save_path, launcher):
                                 timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
         logs += result.stderr
-    return os.path.join(save_path, "tiny", "stage0"), logs
+    return os.path.join(save_path, "tiny_random", "stage0"), logs
 
 
 def _lora(stage):

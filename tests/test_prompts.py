@@ -64,3 +64,17 @@ def test_an_embedding_does_not_depend_on_the_other_prompts_of_the_call(tiny_mode
     together = encode_prompts(tokenizer, text_encoder, ["a red apple", "a blue plum", "a red apple", "a green pear"])
     alone = encode_prompts(tokenizer, text_encoder, ["a blue plum"])
     assert torch.equal(together[1], alone[0]) and torch.equal(together[0], together[2])
+
+
+@pytest.mark.parametrize("folder, max_length", [("", 77), ("shapes", 16)])
+def test_every_word_of_the_prompt_files_is_one_token_of_the_project_tokenizer(folder, max_length):
+    from b2diffurl.tiny import PROMPT_DIR, make_tokenizer
+
+    prompt_dir = os.path.join(PROMPT_DIR, folder)
+    tokenizer = make_tokenizer(prompt_dir, max_length)
+    prompts = [p for path in glob.glob(os.path.join(prompt_dir, "*.json")) for p in load_prompts(path)]
+    words = sorted({w for p in prompts for w in p.lower().split()})
+    assert {"triangle", "right", "cucumber"} & set(words)  # words whose merges collide with others'
+    split = [w for w in words if len(tokenizer(w).input_ids) != 3]  # start, the word, end
+    assert not split
+    assert max(len(tokenizer(p).input_ids) for p in prompts) <= max_length

@@ -11,7 +11,7 @@ import torch
 from b2diffurl import rewards
 from b2diffurl.cli import UserError, check_config
 from b2diffurl.rewards import COLOURS, REWARDS, build_reward, prompt_colour, score_images
-from config import base, tiny
+from config import base, tiny_random as tiny
 from conftest import REPO
 
 PROMPTS = ["a red apple", "a blue plum", "a green pear"]
@@ -278,14 +278,14 @@ def test_a_custom_reward_runs_a_stage_through_the_three_scripts(tiny_config):
 
     from b2diffurl.samples import load_samples
 
-    flags = ["--config", "config/tiny.py", "--config.pretrained.model", tiny_config.pretrained.model,
+    flags = ["--config", "config/tiny_random.py", "--config.pretrained.model", tiny_config.pretrained.model,
              "--config.pretrained.build_tiny=False", "--config.save_path", tiny_config.save_path,
              "--config.reward.name", "examples.my_reward:brightness"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     for script in ("run_sample.py", "run_select.py", "run_train.py"):
         result = subprocess.run([sys.executable, script, *flags], cwd=REPO, env=env, capture_output=True, text=True)
         assert result.returncode == 0, result.stderr[-3000:]
-    stage0 = os.path.join(tiny_config.save_path, "tiny", "stage0")
+    stage0 = os.path.join(tiny_config.save_path, "tiny_random", "stage0")
     assert os.path.exists(os.path.join(stage0, "COMPLETE"))
     images = torch.load(os.path.join(stage0, "images.pt"), weights_only=True).numpy()
     samples = load_samples(os.path.join(stage0, "sample.pkl"))

@@ -113,6 +113,11 @@ def test_test_prompts_hold_out_bindings_and_pairs_never_trained_on():
     assert set(groups) == {"held-out binding", "held-out pair"}
     assert all(len(c.objects) == 2 for c in groups["held-out pair"]) and len(groups["held-out pair"]) == 72
     assert {len(c.objects) for c in train} == {1, 2}
+    headline = [c for c in test if shapes.HELD_OUT_TWO_OBJECTS in shapes.prompt_groups(c.text())]
+    assert len(headline) == len(test) - 3 and all(len(c.objects) == 2 for c in headline)  # all but 3 singles
+    assert shapes.prompt_groups("a red circle") == ("one object, seen",)
+    assert shapes.prompt_groups("a red triangle above a blue square") == (
+        "two objects, held-out binding", shapes.HELD_OUT_TWO_OBJECTS)
 
 
 def test_pretraining_saves_a_pipeline_that_loads_and_generates(tmp_path):
@@ -125,7 +130,7 @@ def test_pretraining_saves_a_pipeline_that_loads_and_generates(tmp_path):
     out = str(tmp_path / "shapes-sd")
     record = pretrain(out, minutes=10.0, seed=0, batch_size=8, max_steps=2)  # two steps a phase
     assert record["autoencoder_steps"] == record["denoiser_steps"] == 2 and record["scaling_factor"] > 0
-    pipe = StableDiffusionPipeline.from_pretrained(out, safety_checker=None)
+    pipe = StableDiffusionPipeline.from_pretrained(out, safety_checker=None, dtype=torch.float32)  # saved in fp16
     assert pipe.tokenizer("a red circle above a blue square").input_ids[1:-1] == [
         pipe.tokenizer.convert_tokens_to_ids(word + "</w>") for word in "a red circle above a blue square".split()]
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)

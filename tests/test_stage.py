@@ -22,7 +22,7 @@ def _run(script, *flags, expect_rc=0):
 
 
 def _flags(config, stage, *extra):
-    return ["--config", "config/tiny.py", "--config.pretrained.model", config.pretrained.model,
+    return ["--config", "config/tiny_random.py", "--config.pretrained.model", config.pretrained.model,
             "--config.pretrained.build_tiny=False", "--config.save_path", config.save_path,
             "--config.stage", str(stage), *extra]
 
@@ -32,7 +32,7 @@ def _metrics(run_dir):
 
 
 def test_two_stages_through_the_three_scripts(tiny_config):
-    run_dir = os.path.join(tiny_config.save_path, "tiny")
+    run_dir = os.path.join(tiny_config.save_path, "tiny_random")
     for script in ("run_sample.py", "run_select.py", "run_train.py"):
         _run(script, *_flags(tiny_config, 0))
     stage0 = os.path.join(run_dir, "stage0")
@@ -49,7 +49,7 @@ def test_two_stages_through_the_three_scripts(tiny_config):
     assert events[:2] == ["sample", "select"] and "optimizer_step" in events and events[-1] == "train"
     assert os.path.exists(os.path.join(stage0, "best_worst.png"))
     if importlib.util.find_spec("tensorboard"):  # the optional extra: stage scalars and grids
-        assert os.listdir(os.path.join(run_dir, "tensorboard", "tiny"))
+        assert os.listdir(os.path.join(run_dir, "tensorboard", "tiny_random"))
     first_step = next(m for m in _metrics(run_dir) if m["event"] == "optimizer_step")
     assert first_step["approx_kl"] < 1e-9  # the first update starts from ratio 1
 
@@ -71,7 +71,7 @@ def test_sd_config_without_weights_fails_fast_with_one_line():
     result = _run("run_sample.py", "--config", "config/stage_process.py", expect_rc=2)
     assert time.time() - started < 60
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "CompVis/stable-diffusion-v1-4" in lines[0] and "config/tiny.py" in lines[0]
+    assert len(lines) == 1 and "CompVis/stable-diffusion-v1-4" in lines[0] and "config/tiny_random.py" in lines[0]
     assert "Traceback" not in result.stderr
 
 

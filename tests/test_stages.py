@@ -3,7 +3,7 @@
 import pytest
 
 from b2diffurl.stages import plan_stage, split_step_for_stage
-from config import base, tiny
+from config import base, tiny_random as tiny
 
 
 def test_reference_run_endpoints_and_boundaries():
@@ -59,7 +59,7 @@ def test_plan_stage_defaults_to_config_stage():
     config.stage = 2
     plan = plan_stage(config)
     assert (plan.stage, plan.split_step, plan.branch_point, plan.seed) == (2, 8, 2, 44)
-    assert plan.resume_from == "model/tiny/stage1/checkpoints"
+    assert plan.resume_from == "model/tiny_random/stage1/checkpoints"
 
 
 def test_stage_zero_resumes_from_configured_checkpoint():

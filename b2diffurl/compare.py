@@ -1,0 +1,153 @@
+"""B2-DiffuRL against the DDPO-style baseline at the same number of sampled images, side by side.
+
+    python -m b2diffurl.compare --config config/shapes.py                      # seed 0
+    python -m b2diffurl.compare --config config/shapes.py --seeds 0,1,2 --config.stages.num_stages 8
+    python -m b2diffurl.compare --config config/shapes.py --methods b2diffurl  # one side now
+
+For every seed, runs `bash run_process.sh CONFIG` (with the --config.key overrides given) twice into {out}/: once as the config says
+(b2diffurl_seed{n}) and once as its DDPO-style baseline (ddpo_seed{n}: config/baseline.py's
+`ddpo_overrides`, K = 1, s = T, every sample trained, K times the sampling batches so that a
+stage samples as many images). Both evaluate on the held-out prompts after every stage. Then
+it writes {out}/compare.json (every evaluation), {out}/compare.md (a table: held-out two-object
+success and diversity against images sampled, per method, mean over seeds) and
+{out}/compare.png. A finished run is not redone (run_process.sh continues where a run stopped),
+so rerunning the command with more seeds adds them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import numpy as np
+from absl import app, flags
+
+from b2diffurl.cli import CONFIG
+from b2diffurl.files import atomic_write, atomic_write_json
+from b2diffurl.report import read_evaluations
+from b2diffurl.shapes import HELD_OUT_TWO_OBJECTS
+
+SEEDS = flags.DEFINE_list("seeds", ["0"], "seeds; each runs both methods")
+OUT = flags.DEFINE_string("out", "model/compare", "folder of the runs and the comparison")
+METHODS = ("b2diffurl", "ddpo")
+RUN = flags.DEFINE_list("methods", list(METHODS), "which runs to make now (the table holds every finished one)")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_overrides(config, method: str, seed: int, out: str) -> dict:
+    """What a run of `method` changes in the config: where it goes, its seed, an evaluation
+    after every stage, and for ddpo the baseline's settings."""
+    from config.baseline import ddpo_overrides
+
+    changes = {"save_path": out, "exp_name": f"{method}_seed{seed}", "log_dir": os.path.join(out, "log"),
+               "seed": seed, "eval.every": 1}
+    return {**changes, **(ddpo_overrides(config) if method == "ddpo" else {})}
+
+
+def run_config(config, method: str, seed: int, out: str):
+    """The config of one run: `config` with run_overrides applied."""
+    changed = config.copy_and_resolve_references()
+    changed.update_from_flattened_dict(run_overrides(config, method, seed, out))
+    return changed
+
+
+def images_per_stage(config) -> int:
+    return config.sample.batch_size * config.sample.num_batches_per_stage * config.num_branches
+
+
+def collect(out: str, config, seeds: list[int]) -> list[dict]:
+    """One row per (method, seed, evaluation) found under `out`: images sampled before it,
+    held-out two-object success and diversity."""
+    rows = []
+    for method in METHODS:
+        for seed in seeds:
+            run = run_config(config, method, seed, out)
+            per_stage = images_per_stage(run)
+            evaluations, base = read_evaluations(os.path.join(out, run.exp_name), [])
+            points = ([(0, base)] if base else []) + [(stage + 1, result) for stage, result in evaluations]
+            for stages_done, result in points:
+                success = result.get("success", {}).get(HELD_OUT_TWO_OBJECTS, {})
+                rows.append({"method": method, "seed": seed, "stages": stages_done,
+                             "images": stages_done * per_stage, "success_rate": success.get("success_rate"),
+                             "ci95_low": success.get("ci95_low"), "ci95_high": success.get("ci95_high"),
+                             "num_images": success.get("num_images"), "diversity": result.get("diversity_mean"),
+                             "reward_mean": result.get("reward_mean")})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: per method and number of images, mean over seeds of success and diversity."""
+    lines = ["| method | stages | images sampled | seeds | held-out two-object success | 95% interval (one seed) "
+             "| diversity |", "|---|---|---|---|---|---|---|"]
+    for method in METHODS:
+        for stages in sorted({r["stages"] for r in rows if r["method"] == method}):
+            group = [r for r in rows if r["method"] == method and r["stages"] == stages and r["success_rate"] is not None]
+            if not group:
+                continue
+            interval = (f"[{group[0]['ci95_low']:.3f}, {group[0]['ci95_high']:.3f}]" if len(group) == 1 else
+                        "seeds " + ", ".join(f"{r['success_rate']:.3f}" for r in group))
+            lines.append(f"| {method} | {stages} | {group[0]['images']} | {len(group)} | "
+                         f"{np.mean([r['success_rate'] for r in group]):.3f} | {interval} | "
+                         f"{np.mean([r['diversity'] for r in group]):.4f} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: str) -> None:
+    """Success and diversity against images sampled: every seed thin, the mean over seeds bold."""
+    from b2diffurl.report import agg_figure
+
+    fig = agg_figure(figsize=(11, 4.2), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for colour, method in zip(("C0", "C3"), METHODS):
+        mine = [r for r in rows if r["method"] == method and r["success_rate"] is not None]
+        if not mine:
+            continue
+        images = sorted({r["images"] for r in mine})
+        for ax, field in zip(axes, ("success_rate", "diversity")):
+            for seed in sorted({r["seed"] for r in mine}):
+                seed_rows = sorted((r for r in mine if r["seed"] == seed), key=lambda r: r["images"])
+                ax.plot([r["images"] for r in seed_rows], [r[field] for r in seed_rows], color=colour, alpha=0.3, lw=1)
+            means = [np.mean([r[field] for r in mine if r["images"] == n]) for n in images]
+            ax.plot(images, means, "o-", color=colour, lw=2, label=method)
+        single = [r for r in mine if r["seed"] == mine[0]["seed"]]
+        single.sort(key=lambda r: r["images"])
+        axes[0].fill_between([r["images"] for r in single], [r["ci95_low"] for r in single],
+                             [r["ci95_high"] for r in single], color=colour, alpha=0.1)
+    axes[0].set_title("held-out two-object success (shaded: 95% interval, first seed)")
+    axes[1].set_title("diversity of images per prompt")
+    for ax in axes:
+        ax.set_xlabel("images sampled")
+        ax.legend()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+
+
+def main(argv) -> None:
+    from ml_collections import config_flags
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    unknown = set(RUN.value) - set(METHODS)
+    if unknown:
+        raise app.UsageError(f"--methods takes {', '.join(METHODS)}, got {', '.join(sorted(unknown))}")
+    config, out, seeds = CONFIG.value, OUT.value, [int(s) for s in SEEDS.value]
+    config_file = config_flags.get_config_filename(flags.FLAGS["config"])
+    overrides = config_flags.get_override_values(flags.FLAGS["config"])
+    for seed in seeds:
+        for method in RUN.value:
+            changes = {**overrides, **run_overrides(config, method, seed, out)}
+            command = ["bash", os.path.join(REPO, "run_process.sh"), config_file]
+            command += [f"--config.{key}={value}" for key, value in changes.items()]
+            print(f"=== compare: {method}, seed {seed}: {' '.join(command)}", flush=True)
+            subprocess.run(command, check=True, cwd=REPO)
+    rows = collect(out, config, seeds)
+    atomic_write_json({"config": config_file, "overrides": overrides, "seeds": seeds, "rows": rows},
+                      os.path.join(out, "compare.json"))
+    text = table(rows)
+    atomic_write(os.path.join(out, "compare.md"), lambda f: f.write(text.encode() + b"\n"))
+    print(text)
+    plot(rows, os.path.join(out, "compare.png"))  # needs matplotlib: one line and exit code 2 without it
+    print(f"wrote {os.path.join(out, 'compare.md')} and compare.png")
+
+
+if __name__ == "__main__":
+    app.run(main)
