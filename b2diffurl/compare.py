@@ -4,10 +4,10 @@
     python -m b2diffurl.compare --config config/shapes.py --seeds 0,1,2 --config.stages.num_stages 8
     python -m b2diffurl.compare --config config/shapes.py --methods b2diffurl  # one side now
 
-For every seed, runs `bash run_process.sh CONFIG` (with the --config.key overrides given) twice into {out}/: once as the config says
-(b2diffurl_seed{n}) and once as its DDPO-style baseline (ddpo_seed{n}: config/baseline.py's
-`ddpo_overrides`, K = 1, s = T, every sample trained, K times the sampling batches so that a
-stage samples as many images). Both evaluate on the held-out prompts after every stage. Then
+For every seed, runs `bash run_process.sh CONFIG` (with the --config.key overrides given)
+twice into {out}/: once as the config says (b2diffurl_seed{n}) and once as its DDPO-style
+baseline (ddpo_seed{n}: config/baseline.py's `ddpo_overrides`, K = 1, s = T, every sample
+trained, K times the sampling batches so that a stage samples as many images). Both evaluate on the held-out prompts after every stage. Then
 it writes {out}/compare.json (every evaluation), {out}/compare.md (a table: held-out two-object
 success and diversity against images sampled, per method, mean over seeds) and
 {out}/compare.png. A finished run is not redone (run_process.sh continues where a run stopped),
@@ -70,7 +70,8 @@ def collect(out: str, config, seeds: list[int]) -> list[dict]:
                 rows.append({"method": method, "seed": seed, "stages": stages_done,
                              "images": stages_done * per_stage, "success_rate": success.get("success_rate"),
                              "ci95_low": success.get("ci95_low"), "ci95_high": success.get("ci95_high"),
-                             "num_images": success.get("num_images"), "diversity": result.get("diversity_mean"),
+                             "num_images": success.get("num_images"),
+                             "diversity": result.get("diversity_all", float("nan")),
                              "reward_mean": result.get("reward_mean")})
     return rows
 
@@ -81,7 +82,8 @@ def table(rows: list[dict]) -> str:
              "| diversity |", "|---|---|---|---|---|---|---|"]
     for method in METHODS:
         for stages in sorted({r["stages"] for r in rows if r["method"] == method}):
-            group = [r for r in rows if r["method"] == method and r["stages"] == stages and r["success_rate"] is not None]
+            group = [r for r in rows
+                     if r["method"] == method and r["stages"] == stages and r["success_rate"] is not None]
             if not group:
                 continue
             interval = (f"[{group[0]['ci95_low']:.3f}, {group[0]['ci95_high']:.3f}]" if len(group) == 1 else
@@ -114,7 +116,7 @@ def plot(rows: list[dict], path: str) -> None:
         axes[0].fill_between([r["images"] for r in single], [r["ci95_low"] for r in single],
                              [r["ci95_high"] for r in single], color=colour, alpha=0.1)
     axes[0].set_title("held-out two-object success (shaded: 95% interval, first seed)")
-    axes[1].set_title("diversity of images per prompt")
+    axes[1].set_title("diversity (mean distance between all held-out images)")
     for ax in axes:
         ax.set_xlabel("images sampled")
         ax.legend()

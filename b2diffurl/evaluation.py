@@ -8,7 +8,6 @@ sqrt(192), so that distances lie in [0, 1]. Needs no downloaded weights.
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Callable
 
@@ -45,10 +44,13 @@ def build_embedder(config, device) -> tuple[Embedder, str]:
 
 def mean_pairwise_distance(embeddings: np.ndarray) -> float:
     """Mean Euclidean distance over all pairs of rows (NaN for fewer than two rows)."""
-    pairs = list(itertools.combinations(range(len(embeddings)), 2))
-    if not pairs:
+    n = len(embeddings)
+    if n < 2:
         return float("nan")
-    return float(np.mean([np.linalg.norm(embeddings[i] - embeddings[j]) for i, j in pairs]))
+    e = np.asarray(embeddings, np.float64)
+    squared = (e**2).sum(1)
+    distances = np.sqrt(np.maximum(squared[:, None] + squared[None, :] - 2 * e @ e.T, 0.0))
+    return float(distances[np.triu_indices(n, 1)].mean())
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
@@ -78,7 +80,8 @@ def success_rates(prompts: list[str], scores: np.ndarray, group_of: Callable[[st
 
 def summarise(prompts: list[str], scores: np.ndarray, embeddings: np.ndarray,
               group_of: Callable[[str], str | tuple[str, ...]] | None = None) -> dict:
-    """Per prompt and overall: reward mean/std (and a 95% interval of the mean), diversity; with
+    """Per prompt and overall: reward mean/std (and a 95% interval of the mean), diversity (per
+    prompt, averaged; and `diversity_all` over all images, which is defined with one image a prompt); with
     `group_of` (prompt -> group name), also success rates per group (see success_rates)."""
     per_prompt = {}
     for prompt in dict.fromkeys(prompts):
@@ -92,6 +95,7 @@ def summarise(prompts: list[str], scores: np.ndarray, embeddings: np.ndarray,
         "reward_std": float(finite.std()),
         "reward_ci95": float(1.96 * finite.std(ddof=1) / math.sqrt(len(finite))) if len(finite) > 1 else float("nan"),
         "diversity_mean": float(np.nanmean([v["diversity"] for v in per_prompt.values()])),
+        "diversity_all": mean_pairwise_distance(embeddings),
         "per_prompt": per_prompt,
         **({"success": success_rates(prompts, scores, group_of)} if group_of else {}),
     }

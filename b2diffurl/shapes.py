@@ -7,8 +7,8 @@ one of four colours. Captions:
     "a blue square to the left of a green triangle"   (also: to the right of, above, below)
 
 `render` draws a caption (hard edges, random placement and size); `parse_image` reads the
-objects back from pixels (nearest palette colour, connected components, shape from how its
-pixels sit in its bounding box); `check` says which of a caption's attributes an image
+objects back from pixels (nearest palette colour, connected components, shape as the
+rendering that overlaps the component best); `check` says which of a caption's attributes an image
 satisfies. The `shapes` reward (b2diffurl.rewards) is 1.0 when every attribute holds and 0.0
 otherwise; `shapes_partial` is the fraction that holds, for diagnosis.
 """
@@ -169,14 +169,22 @@ def _components(mask: np.ndarray) -> list[np.ndarray]:
 
 
 def _shape_of(component: np.ndarray) -> str:
-    """circle, square or triangle. A triangle (apex up) has a quarter of its pixels in the top
-    half of its bounding box (rendered: at most 0.31; circles and squares about a half, at least
-    0.43); a square fills its bounding box (1.0; rendered circles at most 0.94)."""
+    """circle, square or triangle: the shape whose rendering (`_mask`, centred on the
+    component's bounding box, with its half-extent and centre nudged by up to half a pixel)
+    overlaps the component best, by intersection over union. A rendered shape is matched
+    exactly by its own rendering; a generated one, with rounded corners and soft edges, goes
+    to the nearest (thresholds on how full the box is read rounded squares as circles)."""
     ys, xs = np.nonzero(component)
-    middle = (ys.min() + ys.max()) / 2
-    top = ((ys < middle).sum() + 0.5 * (ys == middle).sum()) / len(ys)
-    fill = len(ys) / ((ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1))
-    return "triangle" if top < 0.37 else "square" if fill > 0.97 else "circle"
+    cx, cy = (xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2
+    half = max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1) / 2
+    best = {}
+    for shape in SHAPES:
+        best[shape] = max(
+            (mask & component).sum() / (mask | component).sum()
+            for dr in (-0.5, -0.25, 0.0, 0.25, 0.5) for dx in (-0.25, 0.0, 0.25) for dy in (-0.25, 0.0, 0.25)
+            for mask in [_mask(shape, cx + dx, cy + dy, half + dr)]
+        )
+    return max(best, key=best.get)
 
 
 def parse_image(image: np.ndarray) -> list[Found]:

@@ -27,7 +27,7 @@ def _evaluation(path, key, rate, diversity):
     success = {HELD_OUT_TWO_OBJECTS: {"success_rate": rate, "ci95_low": rate - 0.05, "ci95_high": rate + 0.05,
                                       "num_images": 312}}
     with open(path, "w") as f:
-        json.dump({"results": {key: {"success": success, "diversity_mean": diversity, "reward_mean": rate}}}, f)
+        json.dump({"results": {key: {"success": success, "diversity_all": diversity, "reward_mean": rate}}}, f)
 
 
 def test_rows_table_and_plot_from_the_runs_evaluations(tmp_path):
@@ -41,14 +41,14 @@ def test_rows_table_and_plot_from_the_runs_evaluations(tmp_path):
     config = shapes.get_config()
     config.sample.num_batches_per_stage = 2
     rows = compare.collect(out, config, [0, 1])
-    per_stage = 8 * 2 * 4  # B x batches x K; the ddpo run samples 8 batches of 1 branch
+    per_stage = config.sample.batch_size * 2 * config.num_branches  # the ddpo run: 2K batches of 1 branch
     b2 = [r for r in rows if r["method"] == "b2diffurl" and r["seed"] == 1]
     assert [(r["stages"], r["images"], r["success_rate"]) for r in b2] == [
         (0, 0, 0.25), (1, per_stage, pytest.approx(0.32)), (2, 2 * per_stage, pytest.approx(0.42))]
     ddpo = [r for r in rows if r["method"] == "ddpo" and r["seed"] == 0]
     assert [r["images"] for r in ddpo] == [0, per_stage, 2 * per_stage]
     text = compare.table(rows)
-    assert "| b2diffurl | 2 | 128 | 2 | 0.410 | seeds 0.400, 0.420 | 0.1900 |" in text
+    assert f"| b2diffurl | 2 | {2 * per_stage} | 2 | 0.410 | seeds 0.400, 0.420 | 0.1900 |" in text
     assert "| ddpo | 0 | 0 | 2 | 0.250 |" in text
     pytest.importorskip("matplotlib")
     compare.plot(rows, str(tmp_path / "compare.png"))
