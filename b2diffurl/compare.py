@@ -3,6 +3,7 @@
     python -m b2diffurl.compare --config config/shapes.py                      # seed 0
     python -m b2diffurl.compare --config config/shapes.py --seeds 0,1,2 --config.stages.num_stages 8
     python -m b2diffurl.compare --config config/shapes.py --methods b2diffurl  # one side now
+    python -m b2diffurl.compare --config config/shapes.py --methods ''         # table and plot only
 
 For every seed, runs `bash run_process.sh CONFIG` (with the --config.key overrides given)
 twice into {out}/: once as the config says (b2diffurl_seed{n}) and once as its DDPO-style
@@ -27,10 +28,7 @@ from b2diffurl.files import atomic_write, atomic_write_json
 from b2diffurl.report import read_evaluations
 from b2diffurl.shapes import HELD_OUT_TWO_OBJECTS
 
-SEEDS = flags.DEFINE_list("seeds", ["0"], "seeds; each runs both methods")
-OUT = flags.DEFINE_string("out", "model/compare", "folder of the runs and the comparison")
 METHODS = ("b2diffurl", "ddpo")
-RUN = flags.DEFINE_list("methods", list(METHODS), "which runs to make now (the table holds every finished one)")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -151,5 +149,9 @@ def main(argv) -> None:
     print(f"wrote {os.path.join(out, 'compare.md')} and compare.png")
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # flags are defined only when run, so that the modules import together
+    SEEDS = flags.DEFINE_list("seeds", ["0"], "seeds; each runs both methods")
+    OUT = flags.DEFINE_string("out", "model/compare", "folder of the runs and the comparison")
+    RUN = flags.DEFINE_list("methods", list(METHODS),
+                           "which runs to make now ('' for none); the table holds every evaluation found")
     app.run(main)

@@ -12,8 +12,9 @@ noise schedule, the caption dropped 10% of the time so that classifier-free guid
 their weights averaged (EMA) for the saved model. A quarter of the captions drawn are single
 objects (the train split is mostly pairs). Saved in fp16 (about 11 MB) as a diffusers folder
 that StableDiffusionPipeline loads.
-Deterministic in --seed for a given number of steps; --minutes bounds the wall time instead
-(the step counts it reached are written to pretrain.json beside the model).
+Deterministic in --seed for given step counts (on the same number of threads); --minutes
+bounds the wall time instead, and the step counts it reached are written to pretrain.json
+beside the model, so that --autoencoder_steps and --denoiser_steps can make it again.
 """
 
 from __future__ import annotations
@@ -30,12 +31,6 @@ from absl import app, flags
 
 from b2diffurl import shapes
 
-OUT = flags.DEFINE_string("out", "model/shapes-sd", "where the diffusers folder is written")
-MINUTES = flags.DEFINE_float("minutes", 30.0, "wall-time budget for both phases")
-VAE_SHARE = flags.DEFINE_float("vae_share", 0.2, "share of the budget spent on the autoencoder")
-MAX_STEPS = flags.DEFINE_integer("max_steps", 0, "stop each phase after this many steps (0: time only)")
-BATCH = flags.DEFINE_integer("batch_size", 128, "images per step")
-SEED = flags.DEFINE_integer("seed", 0, "seed of weights, captions, placements and noise")
 PROMPT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "prompt", "shapes")
 TEXT_WIDTH = 64  # text encoder width = the UNet's cross-attention width
 MAX_TOKENS = 16  # the longest caption is 12 tokens with its start and end marks
@@ -177,7 +172,7 @@ def train_denoiser(unet, text_encoder, tokenizer, data, seconds: float, max_step
 
 
 def pretrain(out: str, minutes: float, seed: int, batch_size: int = 128, vae_share: float = 0.2,
-             max_steps: int = 0) -> dict:
+             max_steps: int = 0, autoencoder_steps: int = 0, denoiser_steps: int = 0) -> dict:
     """Build, train and save the shapes model to `out`; returns what was done (also in out/pretrain.json)."""
     from b2diffurl.tiny import assemble_pipeline
 
@@ -187,14 +182,14 @@ def pretrain(out: str, minutes: float, seed: int, batch_size: int = 128, vae_sha
     data = batches(captions, batch_size, np.random.default_rng(seed))
     budget = 60.0 * minutes
     started = time.time()
-    vae_steps = train_autoencoder(vae, data, vae_share * budget, max_steps)
+    vae_steps = train_autoencoder(vae, data, vae_share * budget, autoencoder_steps or max_steps)
     pool_captions, pool_latents = encode_pool(vae, data, POOL_SIZE if max_steps <= 0 else max_steps * batch_size)
     scale = float(1.0 / pool_latents.std())  # unit-variance latents for the diffusion model, as SD's 0.18215
     vae.register_to_config(scaling_factor=scale)
     generator = torch.Generator().manual_seed(seed)
     unet_steps = train_denoiser(unet, text_encoder, tokenizer,
                                 pool_batches(pool_captions, pool_latents * scale, batch_size, generator),
-                                budget - (time.time() - started), max_steps, generator)
+                                budget - (time.time() - started), denoiser_steps or max_steps, generator)
     assemble_pipeline(tokenizer, text_encoder, vae, unet).to(torch.float16).save_pretrained(out)
     record = {"seed": seed, "minutes": minutes, "batch_size": batch_size, "autoencoder_steps": vae_steps,
               "pool_images": len(pool_captions),
@@ -212,9 +207,18 @@ def main(argv) -> None:
 
     setup_logging()
     logging.getLogger(__name__).setLevel(logging.INFO)
-    record = pretrain(OUT.value, MINUTES.value, SEED.value, BATCH.value, VAE_SHARE.value, MAX_STEPS.value)
+    record = pretrain(OUT.value, MINUTES.value, SEED.value, BATCH.value, VAE_SHARE.value, MAX_STEPS.value,
+                      AE_STEPS.value, UNET_STEPS.value)
     log.info("saved to %s: %s", OUT.value, record)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # flags are defined only when run, so that the modules import together
+    OUT = flags.DEFINE_string("out", "model/shapes-sd", "where the diffusers folder is written")
+    MINUTES = flags.DEFINE_float("minutes", 30.0, "wall-time budget for both phases")
+    VAE_SHARE = flags.DEFINE_float("vae_share", 0.2, "share of the budget spent on the autoencoder")
+    MAX_STEPS = flags.DEFINE_integer("max_steps", 0, "stop each phase after this many steps (0: time only)")
+    AE_STEPS = flags.DEFINE_integer("autoencoder_steps", 0, "stop the autoencoder after this many steps (0: max_steps)")
+    UNET_STEPS = flags.DEFINE_integer("denoiser_steps", 0, "stop the denoiser after this many steps (0: max_steps)")
+    BATCH = flags.DEFINE_integer("batch_size", 128, "images per step")
+    SEED = flags.DEFINE_integer("seed", 0, "seed of weights, captions, placements and noise")
     app.run(main)
