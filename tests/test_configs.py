@@ -1,15 +1,17 @@
 """The shipped configs are consistent, and the DDPO-style baseline preset is what it says."""
 
+import os
+
 import pytest
 import torch
 
 from b2diffurl.cli import UserError, check_config
 from b2diffurl.samples import load_samples
 from b2diffurl.stages import plan_stage
-from config import base, baseline, stage_process, tiny, tiny_random
+from config import base, baseline, shapes, stage_process, tiny, tiny_random
 
 
-@pytest.mark.parametrize("module", [base, stage_process, baseline, tiny, tiny_random])
+@pytest.mark.parametrize("module", [base, stage_process, baseline, tiny, tiny_random, shapes])
 def test_config_passes_the_checks_and_plans_every_stage(module):
     config = module.get_config()
     check_config(config)
@@ -61,3 +63,13 @@ def test_baseline_stage_on_the_tiny_model_selects_every_sample(tiny_config):
     assert samples["latents"].shape[1] == tiny_config.sample.num_steps + 1  # x_0 ... x_T: every step trained
     assert len(selected["prompts"]) == len(samples["prompts"]) == 8
     assert torch.equal(selected["group_id"], torch.arange(8))
+
+
+def test_the_shapes_demo_runs_on_the_shipped_model_with_the_exact_reward():
+    from conftest import REPO
+
+    config = tiny.get_config()
+    assert (config.reward.name, config.pretrained.model, config.pretrained.build_tiny) == (
+        "shapes", "model/shapes-sd", False)
+    assert os.path.exists(os.path.join(REPO, config.pretrained.model, "model_index.json"))  # shipped in git
+    assert config.prompt_file.startswith("config/prompt/shapes/") and config.eval.prompt_file.endswith("test.json")
