@@ -108,16 +108,30 @@ def gaussian_log_prob(value: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
     return log_prob.mean(dim=tuple(range(1, log_prob.ndim)))
 
 
-def _draw(mean: torch.Tensor, std: torch.Tensor, dtype: torch.dtype, generator: torch.Generator | None):
-    """mean + std·z, z ~ N(0, I) drawn on the generator's device, rounded to `dtype`."""
-    device = generator.device if generator is not None else mean.device
-    noise = torch.randn(mean.shape, generator=generator, device=device).to(mean.device)
-    return (mean + std * noise).to(dtype)
+def standard_normal(shape: tuple[int, ...], generator, device: torch.device | str | None = None) -> torch.Tensor:
+    """z ~ N(0, I) of `shape` on `device`, drawn on the generator's device.
+
+    `generator` is a torch.Generator, None, or a list of one generator per row: row i is then
+    drawn from generator i alone, so that it does not depend on the rows beside it (as
+    diffusers draws with a list of generators).
+    """
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for {shape[0]} rows")
+        return torch.cat([standard_normal((1, *shape[1:]), g, device) for g in generator])
+    draw_device = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=draw_device).to(device)
+
+
+def _draw(mean: torch.Tensor, std: torch.Tensor, dtype: torch.dtype, generator):
+    """mean + std·z (z from standard_normal), rounded to `dtype`."""
+    return (mean + std * standard_normal(mean.shape, generator, mean.device)).to(dtype)
 
 
 def ddim_step(scheduler: DDIMScheduler, model_output: torch.Tensor, timestep: torch.Tensor | int,
-              sample: torch.Tensor, eta: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """x_{t-1} without its log-prob, for generation; with eta = 0 no noise is drawn (as in diffusers)."""
+              sample: torch.Tensor, eta: float, generator=None) -> torch.Tensor:
+    """x_{t-1} without its log-prob, for generation; with eta = 0 no noise is drawn (as in diffusers).
+    `generator`: as standard_normal takes it."""
     mean, std = ddim_step_mean_std(scheduler, model_output, timestep, sample, eta)
     return _draw(mean, std, sample.dtype, generator) if eta > 0 else mean.to(sample.dtype)
 

@@ -6,10 +6,11 @@ stage, so only x_b ... x_T and the log-probs of steps b ... T-1 are kept.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from b2diffurl.ddim import ddim_step, ddim_step_with_log_prob
+from b2diffurl.ddim import ddim_step, ddim_step_with_log_prob, standard_normal
 from b2diffurl.guidance import guided_noise
 
 
@@ -26,7 +27,7 @@ def sample_branches(
     eta: float,
     guidance_scale: float,
     latent_shape: tuple[int, int, int],
-    generator: torch.Generator,
+    generator: torch.Generator | list[torch.Generator],
     chunk_size: int | None = None,
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
@@ -35,7 +36,8 @@ def sample_branches(
     """Sample B groups of K branches that share x_0 ... x_b.
 
     prompt_embeds [B, L, D]; negative_embeds [1, L, D]. Noise is drawn on `generator`'s device
-    (use a CPU generator for results that do not depend on the GPU). `with_log_probs=False`
+    (use a CPU generator for results that do not depend on the GPU); a list of B generators
+    draws each group's noise from its own (only without branches: K = 1). `with_log_probs=False`
     (generation) allows eta = 0 and returns no log_probs. Branches are group-major:
     row g*K + k is branch k of group g. Returns
       latents   [B*K, s+1, C, H, W]  x_b ... x_T, in `dtype`
@@ -50,7 +52,7 @@ def sample_branches(
     assert len(timesteps) == num_steps and 0 <= branch_point < num_steps
 
     def draw(shape):
-        return torch.randn(shape, generator=generator, device=generator.device).to(device, dtype)
+        return standard_normal(shape, generator, device).to(dtype)
 
     x = draw((num_groups, *latent_shape)) * scheduler.init_noise_sigma
     bar = tqdm(range(num_steps), desc="denoise", leave=False, disable=not progress)
@@ -94,14 +96,23 @@ def decode_images(vae, latents: torch.Tensor, chunk_size: int | None = None) -> 
     return torch.cat(images)
 
 
+def image_seed(seed: int, index: int) -> int:
+    """The seed of image `index` of a generation seeded with `seed` (well mixed: nearby seeds
+    and indices give unrelated noise)."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0] >> 1)
+
+
 def generate_images(pipe, prompts: list[str], num_images_per_prompt: int, *, num_steps: int, eta: float,
                     guidance_scale: float, seed: int, batch_size: int, chunk_size: int | None = None,
                     decode_chunk_size: int | None = None, progress: bool = False) -> tuple[torch.Tensor, list[str]]:
     """Images for every prompt from the pipeline's current UNet (LoRA included), no branching.
 
-    Returns uint8 images [P·n, H, W, 3] and their prompts (each prompt n times in a row). With
-    one batch, the noise is drawn in the same order as `StableDiffusionPipeline` draws it, so
-    the same seed gives the same images (exactly so with eta = 0).
+    Returns uint8 images [P·n, H, W, 3] and their prompts (each prompt n times in a row). Image
+    i draws all its noise from its own generator, seeded by image_seed(seed, i), so it does not
+    depend on the batch size: two models (or two runs with different B·K) evaluated on the same
+    prompts with the same seed get the same noise for every image and compare image by image.
+    `StableDiffusionPipeline` called with the same list of generators gives the same images
+    (exactly so with eta = 0).
     """
     from b2diffurl.prompts import encode_prompts
 
@@ -109,11 +120,12 @@ def generate_images(pipe, prompts: list[str], num_images_per_prompt: int, *, num
     unet = pipe.unet
     latent_shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
     negative = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""])
-    generator = torch.Generator().manual_seed(seed)
     images = []
     starts = range(0, len(expanded), batch_size)
     for start in tqdm(starts, desc="generate", leave=False, disable=not progress or len(starts) < 2):
-        embeds = encode_prompts(pipe.tokenizer, pipe.text_encoder, expanded[start : start + batch_size])
+        batch = expanded[start : start + batch_size]
+        embeds = encode_prompts(pipe.tokenizer, pipe.text_encoder, batch)
+        generator = [torch.Generator().manual_seed(image_seed(seed, start + i)) for i in range(len(batch))]
         out = sample_branches(unet, pipe.scheduler, embeds, negative, num_steps=num_steps, branch_point=0,
                               num_branches=1, eta=eta, guidance_scale=guidance_scale, latent_shape=latent_shape,
                               generator=generator, chunk_size=chunk_size, dtype=unet.dtype, with_log_probs=False)

@@ -14,7 +14,7 @@ from PIL import Image
 from b2diffurl.checkpoint import save_checkpoint
 from b2diffurl.evaluation import mean_pairwise_distance, pixel_embeddings, summarise, wilson_interval
 from b2diffurl.pipeline import load_pipeline, lora_parameters
-from b2diffurl.sampler import generate_images
+from b2diffurl.sampler import generate_images, image_seed
 from conftest import REPO
 
 PROMPTS = ["a red apple", "a blue plum"]
@@ -38,7 +38,8 @@ def _diffusers_images(model_dir, lora=None):
     if lora:
         pipe.load_lora_weights(lora)
     out = pipe(PROMPTS, num_images_per_prompt=3, num_inference_steps=8, guidance_scale=5.0, eta=0.0,
-               generator=torch.Generator().manual_seed(7), output_type="np").images
+               generator=[torch.Generator().manual_seed(image_seed(7, i)) for i in range(3 * len(PROMPTS))],
+               output_type="np").images
     return np.round(out * 255).astype(np.int16)
 
 
@@ -54,6 +55,17 @@ def test_lora_images_equal_plain_diffusers_after_load_lora_weights(tiny_config, 
     assert np.abs(ours - theirs).max() <= 1  # equal up to rounding to 8 bits
     base = _diffusers_images(tiny_model_dir)
     assert np.abs(ours - base).mean() > 2  # and the LoRA changes the images
+
+
+def test_generated_images_do_not_depend_on_the_batch_size(tiny_config):
+    pipe = load_pipeline(tiny_config, torch.device("cpu"))
+    settings = dict(num_steps=4, eta=1.0, guidance_scale=5.0, seed=3)
+    one_batch, _ = generate_images(pipe, PROMPTS, 2, batch_size=2 * len(PROMPTS), **settings)
+    small_batches, _ = generate_images(pipe, PROMPTS, 2, batch_size=3, **settings)
+    assert torch.equal(one_batch, small_batches)
+    other_seed, _ = generate_images(pipe, PROMPTS, 2, batch_size=3, **{**settings, "seed": 4})
+    assert (one_batch.float() - other_seed.float()).abs().mean() > 2
+    assert (one_batch[0].float() - one_batch[1].float()).abs().mean() > 2  # same prompt, other noise
 
 
 def test_generate_command_writes_images_and_a_grid(tiny_config, trained_lora, tmp_path):
