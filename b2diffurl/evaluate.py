@@ -65,8 +65,9 @@ def main(config) -> None:
         images = images.numpy()
         scores = score_images(reward, images, expanded, config.reward.batch_size)
         result = summarise(expanded, scores, embed(images), group_of)
-        log.info("%s: reward %.4f ± %.4f (95%% CI), diversity %.4f over %d images", name, result["reward_mean"],
-                 result["reward_ci95"], result["diversity_mean"], len(images))
+        log.info("%s: reward %.4f ± %.4f (95%% CI), diversity %.4f per prompt, %.4f over all %d images", name,
+                 result["reward_mean"], result["reward_ci95"], result["diversity_mean"], result["diversity_all"],
+                 len(images))
         for group, rate in result.get("success", {}).items():
             log.info("%s: success %.3f [%.3f, %.3f] over %d images: %s", name, rate["success_rate"], rate["ci95_low"],
                      rate["ci95_high"], rate["num_images"], group)

@@ -78,6 +78,12 @@ def success_rates(prompts: list[str], scores: np.ndarray, group_of: Callable[[st
     return out
 
 
+def _finite_mean(values: list[float]) -> float:
+    """The mean of the finite values; NaN (without numpy's warning) when there are none."""
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
 def summarise(prompts: list[str], scores: np.ndarray, embeddings: np.ndarray,
               group_of: Callable[[str], str | tuple[str, ...]] | None = None) -> dict:
     """Per prompt and overall: reward mean/std (and a 95% interval of the mean), diversity (per
@@ -94,7 +100,7 @@ def summarise(prompts: list[str], scores: np.ndarray, embeddings: np.ndarray,
         "reward_mean": float(finite.mean()),
         "reward_std": float(finite.std()),
         "reward_ci95": float(1.96 * finite.std(ddof=1) / math.sqrt(len(finite))) if len(finite) > 1 else float("nan"),
-        "diversity_mean": float(np.nanmean([v["diversity"] for v in per_prompt.values()])),
+        "diversity_mean": _finite_mean([v["diversity"] for v in per_prompt.values()]),
         "diversity_all": mean_pairwise_distance(embeddings),
         "per_prompt": per_prompt,
         **({"success": success_rates(prompts, scores, group_of)} if group_of else {}),

@@ -45,6 +45,15 @@ def _read_json(path: str, warnings: list[str]) -> dict | None:
         return None
 
 
+def _eval_field(result: dict, field: str) -> float:
+    """A field of an evaluation result; with one image a prompt the per-prompt diversity is
+    undefined and the diversity over all images stands in for it."""
+    value = _number(result.get(field))
+    if field == "diversity_mean" and not np.isfinite(value):
+        value = _number(result.get("diversity_all"))
+    return value
+
+
 def read_evaluations(run_dir: str, warnings: list[str]) -> tuple[list[tuple[int, dict]], dict | None]:
     """(stage, LoRA results) of every stage{k}/evaluation.json in stage order, and the base
     model's results (or None); what cannot be read is skipped with a line in `warnings`."""
@@ -75,9 +84,9 @@ def _evaluations(run_dir: str, warnings: list[str]) -> tuple[dict, dict | None]:
     rows, base = read_evaluations(run_dir, warnings)
     evaluations = {"eval_stage": np.array([s for s, _ in rows], dtype=np.int64)}
     for field in EVAL_FIELDS:
-        evaluations[f"eval_{field}"] = np.array([_number(r.get(field)) for _, r in rows], dtype=np.float64)
+        evaluations[f"eval_{field}"] = np.array([_eval_field(r, field) for _, r in rows], dtype=np.float64)
     if base is not None:
-        base = {field: _number(base.get(field)) for field in EVAL_FIELDS}
+        base = {field: _eval_field(base, field) for field in EVAL_FIELDS}
     return evaluations, base
 
 
