@@ -34,14 +34,6 @@ import numpy as np
 import torch
 from absl import app, flags
 
-MODEL = flags.DEFINE_string("model", "", "diffusers folder to measure; '' builds the tiny model at 64 px")
-REPEATS = flags.DEFINE_integer("repeats", 9, "timed runs of each side of a ratio, alternating, after one warm-up")
-BATCH = flags.DEFINE_integer("batch_size", 8, "B, prompts per sampling batch")
-BRANCHES = flags.DEFINE_integer("num_branches", 4, "K, branches per group")
-STEPS = flags.DEFINE_integer("num_steps", 20, "T, DDIM steps")
-SPLIT = flags.DEFINE_integer("split_step", 14, "s, trained steps")
-SCRIPTS = flags.DEFINE_bool("scripts", True, "also run the three scripts for their peak memory and the sample file")
-PRECISION = flags.DEFINE_enum("mixed_precision", "no", ["no", "fp16", "bf16"], "dtype of the frozen models")
 GUIDANCE, ETA = 5.0, 1.0
 PROMPTS = ["a red apple", "a blue plum", "a green pear", "a yellow lemon", "a purple grape", "a black tomato",
            "a white onion", "an orange carrot"]
@@ -273,5 +265,13 @@ def main(argv) -> None:
         print(f"{name}: {value:.4g}" if isinstance(value, float) else f"{name}: {value}")
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # flags are defined only when run, so that the modules import together
+    MODEL = flags.DEFINE_string("model", "", "diffusers folder to measure; '' builds the tiny model at 64 px")
+    REPEATS = flags.DEFINE_integer("repeats", 9, "timed runs of each side of a ratio, alternating, after one warm-up")
+    BATCH = flags.DEFINE_integer("batch_size", 8, "B, prompts per sampling batch")
+    BRANCHES = flags.DEFINE_integer("num_branches", 4, "K, branches per group")
+    STEPS = flags.DEFINE_integer("num_steps", 20, "T, DDIM steps")
+    SPLIT = flags.DEFINE_integer("split_step", 14, "s, trained steps")
+    SCRIPTS = flags.DEFINE_bool("scripts", True, "also run the three scripts for their peak memory and the sample file")
+    PRECISION = flags.DEFINE_enum("mixed_precision", "no", ["no", "fp16", "bf16"], "dtype of the frozen models")
     app.run(main)

@@ -18,12 +18,6 @@ from absl import flags
 
 from b2diffurl import cli
 
-LORA = flags.DEFINE_string("lora", "", "LoRA checkpoint folder to evaluate beside the base model")
-STAGE = flags.DEFINE_integer("stage", -1, "evaluate this stage's LoRA into its stage folder (run_process.sh)")
-PROMPT_FILE = flags.DEFINE_string("prompt-file", "", "held-out prompts (JSON list); default eval.prompt_file")
-NUM_IMAGES = flags.DEFINE_integer("num-images", 0, "images per prompt; default eval.num_images_per_prompt")
-OUT = flags.DEFINE_string("out", "", "report path; default evaluation.json (or the stage folder with --stage)")
-NO_BASE = flags.DEFINE_bool("no-base", False, "with --lora: skip the base model")
 
 
 def main(config) -> None:
@@ -95,5 +89,11 @@ def _header(config, prompt_file: str, num_images: int, embedding: str, lora: str
             "guidance_scale": config.sample.guidance_scale}
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # flags are defined only when run, so that the modules import together
+    LORA = flags.DEFINE_string("lora", "", "LoRA checkpoint folder to evaluate beside the base model")
+    STAGE = flags.DEFINE_integer("stage", -1, "evaluate this stage's LoRA into its stage folder (run_process.sh)")
+    PROMPT_FILE = flags.DEFINE_string("prompt-file", "", "held-out prompts (JSON list); default eval.prompt_file")
+    NUM_IMAGES = flags.DEFINE_integer("num-images", 0, "images per prompt; default eval.num_images_per_prompt")
+    OUT = flags.DEFINE_string("out", "", "report path; default evaluation.json (or the stage folder with --stage)")
+    NO_BASE = flags.DEFINE_bool("no-base", False, "with --lora: skip the base model")
     cli.main(main, continues_run=False)

@@ -16,12 +16,6 @@ from absl import flags
 
 from b2diffurl import cli
 
-LORA = flags.DEFINE_string("lora", "", "LoRA checkpoint folder (a stage's checkpoints/); empty: base model")
-PROMPT = flags.DEFINE_multi_string("prompt", [], "a prompt; repeat the flag for several")
-NUM_IMAGES = flags.DEFINE_integer("num-images", 4, "images per prompt")
-SEED = flags.DEFINE_integer("seed", 0, "noise seed")
-ETA = flags.DEFINE_float("eta", None, "DDIM eta; default: the config's sample.eta")
-OUT = flags.DEFINE_string("out", "generated", "output folder")
 
 
 def slug(text: str) -> str:
@@ -60,5 +54,11 @@ def main(config) -> None:
     log.info("%d images and grid.png written to %s", len(images), OUT.value)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # flags are defined only when run, so that the modules import together
+    LORA = flags.DEFINE_string("lora", "", "LoRA checkpoint folder (a stage's checkpoints/); empty: base model")
+    PROMPT = flags.DEFINE_multi_string("prompt", [], "a prompt; repeat the flag for several")
+    NUM_IMAGES = flags.DEFINE_integer("num-images", 4, "images per prompt")
+    SEED = flags.DEFINE_integer("seed", 0, "noise seed")
+    ETA = flags.DEFINE_float("eta", None, "DDIM eta; default: the config's sample.eta")
+    OUT = flags.DEFINE_string("out", "generated", "output folder")
     cli.main(main, continues_run=False)

@@ -8,6 +8,7 @@ import torch
 from b2diffurl.cli import UserError, check_config
 from b2diffurl.samples import load_samples
 from b2diffurl.stages import plan_stage
+from conftest import REPO
 from config import base, baseline, shapes, stage_process, tiny, tiny_random
 
 
@@ -66,8 +67,6 @@ def test_baseline_stage_on_the_tiny_model_selects_every_sample(tiny_config):
 
 
 def test_the_shapes_demo_runs_on_the_shipped_model_with_the_exact_reward():
-    from conftest import REPO
-
     config = tiny.get_config()
     assert (config.reward.name, config.pretrained.model, config.pretrained.build_tiny) == (
         "shapes", "model/shapes-sd", False)
