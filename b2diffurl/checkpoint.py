@@ -1,7 +1,10 @@
-"""LoRA checkpoints in the diffusers format, plus the optimiser state that resuming needs.
+"""LoRA checkpoints in the diffusers format, plus the training state that the next stage resumes.
 
 A checkpoint folder holds `pytorch_lora_weights.safetensors` (loadable with a plain
-`StableDiffusionPipeline.load_lora_weights(folder)`), `optimizer.pt` and `training_state.json`.
+`StableDiffusionPipeline.load_lora_weights(folder)`), `optimizer.pt`, under fp16 the grad
+scaler's state `grad_scaler.pt` (its loss scale: carried from stage to stage as the release's
+accelerate state carries it, so a stage does not skip its first steps while a fresh scale
+comes down), and `training_state.json`.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import torch
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
+SCALER_FILE = "grad_scaler.pt"
 STATE_FILE = "training_state.json"
 
 
@@ -30,8 +34,9 @@ def _adapter_metadata(unet) -> dict:
 
 
 def save_checkpoint(unet, directory: str, optimizer: torch.optim.Optimizer | None = None,
-                    state: dict | None = None) -> None:
-    """Write the UNet's LoRA (and optimiser state) to `directory`, atomically as a folder.
+                    state: dict | None = None, scaler=None) -> None:
+    """Write the UNet's LoRA (and the optimiser's and grad scaler's states) to `directory`,
+    atomically as a folder.
 
     Refuses (NonFiniteWeightsError) to write non-finite weights."""
     from diffusers import StableDiffusionPipeline
@@ -53,6 +58,8 @@ def save_checkpoint(unet, directory: str, optimizer: torch.optim.Optimizer | Non
         )
         if optimizer is not None:
             torch.save(optimizer.state_dict(), os.path.join(staging, OPTIMIZER_FILE))
+        if scaler is not None:
+            torch.save(scaler.state_dict(), os.path.join(staging, SCALER_FILE))
         with open(os.path.join(staging, STATE_FILE), "w") as f:
             json.dump(state or {}, f, indent=2)
         if os.path.isdir(directory):
@@ -76,10 +83,13 @@ def load_lora(unet, directory: str) -> None:
         raise ValueError(f"{directory}: LoRA keys that match no UNet layer, e.g. {unexpected[:3]}")
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, directory: str) -> bool:
-    """Restore the optimiser state saved beside a LoRA, if there is one; True if restored."""
-    path = os.path.join(directory, OPTIMIZER_FILE)
-    if not os.path.exists(path):
-        return False
-    optimizer.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
-    return True
+def load_training_state(directory: str, optimizer: torch.optim.Optimizer, scaler=None) -> list[str]:
+    """Restore the optimiser state (and, given a grad scaler, its state) saved beside a LoRA,
+    where there is one; returns the names of what was restored."""
+    restored = []
+    for name, target, file in (("optimiser", optimizer, OPTIMIZER_FILE), ("grad scaler", scaler, SCALER_FILE)):
+        path = os.path.join(directory, file)
+        if target is not None and os.path.exists(path):
+            target.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
+            restored.append(name)
+    return restored

@@ -40,10 +40,12 @@ def check_config(config) -> None:
     _require(config.num_branches >= 1, "num_branches", "an integer >= 1", config.num_branches)
     for key in ("sample.batch_size", "sample.num_batches_per_stage", "sample.unet_chunk_size", "sample.decode_chunk_size",
                 "train.batch_size", "train.gradient_accumulation_steps", "train.num_epochs",
-                "stages.num_stages", "eval.history_cnt", "reward.batch_size"):
+                "stages.num_stages", "reward.batch_size"):
         group, name = key.split(".")
         value = config[group][name]
         _require(value >= 1, key, "an integer >= 1", value)
+    _require(config.eval.history_cnt >= 0, "eval.history_cnt", "an integer >= 0 (0: this stage's scores only)",
+             config.eval.history_cnt)
     smin, smax = config.stages.split_step_min, config.stages.split_step_max
     _require(1 <= smin <= smax <= num_steps, "stages.split_step_min/max",
              f"1 <= split_step_min <= split_step_max <= sample.num_steps={num_steps}", (smin, smax))

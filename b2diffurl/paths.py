@@ -1,4 +1,4 @@
-"""The one place that builds run and stage paths (DESIGN.md section 5).
+"""The one place that builds run and stage paths.
 
 A stage folder is the unit of work: a stage is complete once its `COMPLETE` marker exists
 (written last, by run_train.py); an incomplete stage folder is cleared and redone from the start.

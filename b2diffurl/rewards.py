@@ -150,7 +150,7 @@ def jpeg_incompressibility(reward_config, device) -> Reward:
     return lambda images, prompts: _jpeg_kilobytes(images)
 
 
-COLOURS = {  # RGB targets of the colour words in config/prompt/colour_fruit_*.json
+COLOURS = {  # RGB targets of the colour words in config/prompt/extra/colour_fruit_*.json
     "red": (220, 30, 30), "orange": (245, 140, 20), "yellow": (245, 220, 30), "green": (40, 170, 50),
     "blue": (30, 70, 220), "purple": (130, 40, 170), "white": (245, 245, 245), "black": (15, 15, 15),
 }

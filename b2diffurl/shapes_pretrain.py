@@ -10,8 +10,11 @@ autoencoder (reconstruction with a small KL term); then a pool of rendered image
 once, and the UNet and text encoder learn from it together with the plain epsilon loss of SD's
 noise schedule, the caption dropped 10% of the time so that classifier-free guidance works,
 their weights averaged (EMA) for the saved model. A quarter of the captions drawn are single
-objects (the train split is mostly pairs). Saved in fp16 (about 11 MB) as a diffusers folder
-that StableDiffusionPipeline loads.
+objects (the train split is mostly pairs). Saved as a diffusers folder (about 11 MB) that a
+plain `StableDiffusionPipeline.from_pretrained(out)` loads and runs with its defaults: UNet and
+VAE stored in fp16, which diffusers loads as fp32 unless asked otherwise, and the small text
+encoder stored as fp32 (its fp16-rounded weights), because transformers loads a model in its
+stored dtype, and a half text encoder feeding a float UNet fails.
 Deterministic in --seed for given step counts (on the same number of threads); --minutes
 bounds the wall time instead, and the step counts it reached are written to pretrain.json
 beside the model, so that --autoencoder_steps and --denoiser_steps can make it again.
@@ -190,7 +193,9 @@ def pretrain(out: str, minutes: float, seed: int, batch_size: int = 128, vae_sha
     unet_steps = train_denoiser(unet, text_encoder, tokenizer,
                                 pool_batches(pool_captions, pool_latents * scale, batch_size, generator),
                                 budget - (time.time() - started), denoiser_steps or max_steps, generator)
-    assemble_pipeline(tokenizer, text_encoder, vae, unet).to(torch.float16).save_pretrained(out)
+    pipe = assemble_pipeline(tokenizer, text_encoder, vae, unet).to(torch.float16)
+    pipe.text_encoder.to(torch.float32)
+    pipe.save_pretrained(out)
     record = {"seed": seed, "minutes": minutes, "batch_size": batch_size, "autoencoder_steps": vae_steps,
               "pool_images": len(pool_captions),
               "denoiser_steps": unet_steps, "scaling_factor": vae.config.scaling_factor,

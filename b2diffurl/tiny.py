@@ -35,9 +35,9 @@ SD_SCHEDULER_CONFIG = dict(
 
 
 def _prompt_words(prompt_dir: str) -> list[str]:
-    """Every lower-case word in the project's prompt files, sorted."""
+    """Every lower-case word in the prompt files under `prompt_dir` (subfolders included), sorted."""
     words = set()
-    for path in glob.glob(os.path.join(prompt_dir, "*.json")):
+    for path in glob.glob(os.path.join(prompt_dir, "**", "*.json"), recursive=True):
         with open(path) as f:
             for prompt in json.load(f):
                 words.update(prompt.lower().split())

@@ -1,8 +1,13 @@
 """One training stage: the clipped policy-gradient update of the LoRA over selected samples.
 
-Each epoch reshuffles the samples and, per sample, the order of the interval's steps. An
-optimiser step follows `gradient_accumulation_steps` forward batches, each over all s steps
-(the last group of an epoch may be shorter). Idea of per-sample step shuffling from ddpo-pytorch.
+The stage's schedule follows the authors' release. Each epoch reshuffles the samples and, per
+sample, the order of the interval's steps, and cuts the samples into forward batches of
+`batch_size` (a short last batch is dropped). The epochs' batches form one stream, and every
+`gradient_accumulation_steps` consecutive batches of it, each over all s steps, make one
+optimiser step, across epoch boundaries; the stream's trailing partial accumulation never
+becomes a step and is not computed. With M selected samples, E epochs, batch b and
+accumulation G that is floor(E * floor(M / b) / G) optimiser steps: the release's count for its
+batch 2 (see `update_schedule`). Idea of per-sample step shuffling from ddpo-pytorch.
 Under N processes (DDP) each optimiser step's batches are shared out between the processes, so
 the update is the one a single process would make, N times faster.
 """
@@ -59,6 +64,56 @@ def build_optimizer(config, params: list[torch.nn.Parameter]) -> torch.optim.Opt
                            weight_decay=t.adam_weight_decay, eps=t.adam_epsilon)
 
 
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """One forward batch of the update: which samples, in which step order."""
+
+    epoch: int
+    rows: torch.Tensor  # long [batch_size]: sample indices
+    step_order: torch.Tensor  # long [batch_size, s]: column j is each sample's j-th step index
+
+
+@dataclasses.dataclass(frozen=True)
+class UpdateSchedule:
+    """The optimiser steps of a stage, each a list of `gradient_accumulation_steps` batches."""
+
+    steps: list[list[Batch]]
+    samples_used: int  # sample passes (sample x epoch) inside optimiser steps
+    samples_left_over: int  # sample passes of the stage not used: short batches, trailing accumulation
+
+
+def update_schedule(num_samples: int, split_step: int, batch_size: int, gradient_accumulation_steps: int,
+                    num_epochs: int, generator: torch.Generator) -> UpdateSchedule:
+    """The stage's optimiser steps: per epoch a permutation of the samples (and of each sample's
+    steps) cut into full batches; the epochs' batches in one stream, cut into groups of
+    `gradient_accumulation_steps`; a trailing short group is dropped.
+
+    The release (its run_train.py, batch 2, accumulation 64) counts accelerate's accumulation
+    over every (batch, step) micro-step of the stage and never steps on the remainder, which
+    gives the same floor(E * floor(M / 2) / 64) optimiser steps of 128 samples."""
+    batches = []
+    for epoch in range(num_epochs):
+        order = torch.randperm(num_samples, generator=generator)
+        step_order = torch.stack([torch.randperm(split_step, generator=generator) for _ in range(num_samples)]) \
+            if num_samples else torch.zeros(0, split_step, dtype=torch.long)
+        batches += [Batch(epoch, rows, step_order[rows]) for rows in order.split(batch_size) if len(rows) == batch_size]
+    num_steps = len(batches) // gradient_accumulation_steps
+    steps = [batches[i * gradient_accumulation_steps:(i + 1) * gradient_accumulation_steps] for i in range(num_steps)]
+    used = num_steps * gradient_accumulation_steps * batch_size
+    return UpdateSchedule(steps, used, num_epochs * num_samples - used)
+
+
+def process_share(group: list, rank: int, num_processes: int) -> list[tuple[object, bool]]:
+    """Process `rank`'s share of one optimiser step's batches, as (batch, real) pairs.
+
+    Batches go round-robin to the processes; every process gets as many passes (a short share
+    is padded with passes over the group's first batch, with real = False, whose loss is
+    weighted 0), because DDP needs every process to run the same number of backward passes."""
+    mine = group[rank::num_processes]
+    share = -(-len(group) // num_processes)
+    return [(batch, True) for batch in mine] + [(group[0], False)] * (share - len(mine))
+
+
 def train_on_samples(
     unet,
     scheduler,
@@ -77,7 +132,8 @@ def train_on_samples(
     [1, L, D]: the empty prompt's (both from prompts.encode_prompts, as sampling made them).
 
     `on_optimizer_step` receives, after each optimiser step, the mean loss, approx KL and clip
-    fraction over its micro-steps, the grad norm, and whether the step was skipped (non-finite).
+    fraction over its micro-steps, the grad norm, whether the step was skipped (non-finite),
+    and under fp16 the loss scale the step used.
     """
     device = accelerator.device
     scheduler.set_timesteps(settings.num_steps, device=device)
@@ -90,60 +146,57 @@ def train_on_samples(
     prompt_embeds = prompt_embeds.to(device)  # [M, L, D]
     negative_embeds = negative_embeds.to(device)  # [1, L, D]
     params = [p for p in unet.parameters() if p.requires_grad]
-    totals = {"optimizer_steps": 0, "skipped_steps": 0}
+    schedule = update_schedule(num_samples, split_step, settings.batch_size, settings.gradient_accumulation_steps,
+                               settings.num_epochs, generator)
+    scaler = accelerator.scaler
+    totals = {"optimizer_steps": 0, "skipped_steps": 0, "samples_used": schedule.samples_used,
+              "samples_left_over": schedule.samples_left_over}
+    if scaler is not None:
+        totals["loss_scale_start"] = float(scaler.get_scale())
     unet.train()
 
-    rank, num_processes = accelerator.process_index, accelerator.num_processes
-
-    for epoch in range(settings.num_epochs):
-        order = torch.randperm(num_samples, generator=generator)
-        step_order = torch.stack([torch.randperm(split_step, generator=generator) for _ in range(num_samples)])
-        batches = list(order.split(settings.batch_size))
-        groups = [batches[i : i + settings.gradient_accumulation_steps]
-                  for i in range(0, len(batches), settings.gradient_accumulation_steps)]
-        for group in tqdm(groups, desc=f"epoch {epoch}", leave=False, disable=not accelerator.is_main_process):
-            micro_steps = len(group) * split_step  # over all processes
-            # This process's share of the group's batches. Every process runs as many forward/
-            # backward passes (a short share is padded with weight-0 passes), which DDP needs;
-            # DDP averages gradients over processes, hence the factor num_processes.
-            mine = group[rank::num_processes]
-            share = -(-len(group) // num_processes)
-            real = [True] * len(mine) + [False] * (share - len(mine))
-            mine = mine + [group[0]] * (share - len(mine))
-            sums = torch.zeros(3, dtype=torch.float64)  # loss, approx_kl, clipfrac, summed over micro-steps
-            for b, (rows, counts) in enumerate(zip(mine, real)):
-                rows = rows.to(device)
-                for j in range(split_step):
-                    cols = step_order[rows.cpu(), j].to(device)  # per-sample step index
-                    last = b == len(mine) - 1 and j == split_step - 1
-                    sync = contextlib.nullcontext() if last else accelerator.no_sync(unet)
-                    with sync, accelerator.autocast():
-                        x = latents[rows, cols]
-                        t = timesteps[rows, cols]
-                        eps = guided_noise(unet, x, t, prompt_embeds[rows], negative_embeds, settings.guidance_scale)
-                        _, log_prob = ddim_step_with_log_prob(scheduler, eps, t, x, settings.eta,
-                                                              prev_sample=latents[rows, cols + 1])
-                        loss, info = clipped_pg_loss(log_prob, old_log_probs[rows, cols], advantages[rows],
-                                                     settings.clip_range)
-                    accelerator.backward(loss * num_processes / micro_steps if counts else loss * 0.0)
-                    if counts:
-                        sums += torch.tensor([loss.item(), info["approx_kl"].item(), info["clipfrac"].item()],
-                                             dtype=torch.float64) / micro_steps
-            if num_processes > 1:
-                sums = accelerator.reduce(sums.to(device), "sum").cpu()
-            means = dict(zip(("loss", "approx_kl", "clipfrac"), sums.tolist()))
-            grad_norm = accelerator.clip_grad_norm_(params, settings.max_grad_norm)
-            grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
-            finite = math.isfinite(means["loss"]) and math.isfinite(grad_norm)
-            # A non-finite loss or gradient must not reach the weights. Under fp16 the grad
-            # scaler skips such steps itself and must see them to lower its scale. Every process
-            # sees the same (reduced) values, so all take the same branch.
-            if finite or accelerator.scaler is not None:
-                optimizer.step()
-            skipped = not finite or accelerator.optimizer_step_was_skipped
-            optimizer.zero_grad(set_to_none=True)
-            totals["optimizer_steps"] += 1
-            totals["skipped_steps"] += int(skipped)
-            on_optimizer_step({"epoch": epoch, **means, "grad_norm": grad_norm, "skipped": skipped})
+    for group in tqdm(schedule.steps, desc="optimiser steps", leave=False, disable=not accelerator.is_main_process):
+        micro_steps = len(group) * split_step  # over all processes
+        mine = process_share(group, accelerator.process_index, accelerator.num_processes)
+        sums = torch.zeros(3, dtype=torch.float64)  # loss, approx_kl, clipfrac, summed over micro-steps
+        for b, (batch, real) in enumerate(mine):
+            rows = batch.rows.to(device)
+            for j in range(split_step):
+                cols = batch.step_order[:, j].to(device)  # per-sample step index
+                # DDP averages gradients over processes, hence the factor num_processes; it
+                # synchronises them on the last backward pass of the step only.
+                last = b == len(mine) - 1 and j == split_step - 1
+                with contextlib.nullcontext() if last else accelerator.no_sync(unet), accelerator.autocast():
+                    x = latents[rows, cols]
+                    t = timesteps[rows, cols]
+                    eps = guided_noise(unet, x, t, prompt_embeds[rows], negative_embeds, settings.guidance_scale)
+                    _, log_prob = ddim_step_with_log_prob(scheduler, eps, t, x, settings.eta,
+                                                          prev_sample=latents[rows, cols + 1])
+                    loss, info = clipped_pg_loss(log_prob, old_log_probs[rows, cols], advantages[rows],
+                                                 settings.clip_range)
+                accelerator.backward(loss * accelerator.num_processes / micro_steps if real else loss * 0.0)
+                if real:
+                    sums += torch.tensor([loss.item(), info["approx_kl"].item(), info["clipfrac"].item()],
+                                         dtype=torch.float64) / micro_steps
+        if accelerator.num_processes > 1:
+            sums = accelerator.reduce(sums.to(device), "sum").cpu()
+        means = dict(zip(("loss", "approx_kl", "clipfrac"), sums.tolist()))
+        loss_scale = {"loss_scale": float(scaler.get_scale())} if scaler is not None else {}
+        grad_norm = accelerator.clip_grad_norm_(params, settings.max_grad_norm)
+        grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
+        finite = math.isfinite(means["loss"]) and math.isfinite(grad_norm)
+        # A non-finite loss or gradient must not reach the weights. Under fp16 the grad
+        # scaler skips such steps itself and must see them to lower its scale. Every process
+        # sees the same (reduced) values, so all take the same branch.
+        if finite or scaler is not None:
+            optimizer.step()
+        skipped = not finite or accelerator.optimizer_step_was_skipped
+        optimizer.zero_grad(set_to_none=True)
+        totals["optimizer_steps"] += 1
+        totals["skipped_steps"] += int(skipped)
+        on_optimizer_step({"epoch": group[-1].epoch, **means, "grad_norm": grad_norm, "skipped": skipped,
+                           **loss_scale})
+    if scaler is not None:
+        totals["loss_scale_end"] = float(scaler.get_scale())
     unet.eval()
     return totals

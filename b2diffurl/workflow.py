@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from b2diffurl.checkpoint import load_lora, load_optimizer_state, save_checkpoint
+from b2diffurl.checkpoint import load_lora, load_training_state, save_checkpoint
 from b2diffurl.cli import UserError
 from b2diffurl.grids import best_worst_grid, save_grid
 from b2diffurl.files import atomic_torch_save, atomic_write_json, read_json
@@ -280,8 +280,9 @@ def train_stage(config) -> None:
     if config.train.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
     optimizer = build_optimizer(config, lora_parameters(pipe.unet))
-    if plan.resume_from and load_optimizer_state(optimizer, plan.resume_from):
-        log.info("optimiser state restored from %s", plan.resume_from)
+    restored = load_training_state(plan.resume_from, optimizer, accelerator.scaler) if plan.resume_from else []
+    if restored:
+        log.info("%s state restored from %s", " and ".join(restored), plan.resume_from)
     metrics_path = stage_paths.metrics
     num_samples = len(samples["prompts"])
     state = {"stage": plan.stage, "split_step": plan.split_step, "num_samples": num_samples}
@@ -290,7 +291,8 @@ def train_stage(config) -> None:
                     plan.stage)
         if main:
             state["skipped"] = True
-            save_checkpoint(pipe.unet, stage_paths.checkpoint, optimizer, {**state, "config": config.to_dict()})
+            save_checkpoint(pipe.unet, stage_paths.checkpoint, optimizer, {**state, "config": config.to_dict()},
+                            accelerator.scaler)
             append_metrics(metrics_path, stage=plan.stage, event="train", split_step=plan.split_step, num_samples=0,
                            skipped=True, reason="no selected samples")
             _mark_complete(stage_paths, state)
@@ -319,7 +321,7 @@ def train_stage(config) -> None:
     if not main:
         return
     state.update(totals, skipped=False)
-    save_checkpoint(unet, stage_paths.checkpoint, optimizer, {**state, "config": config.to_dict()})
+    save_checkpoint(unet, stage_paths.checkpoint, optimizer, {**state, "config": config.to_dict()}, accelerator.scaler)
     append_metrics(metrics_path, stage=plan.stage, event="train", split_step=plan.split_step,
                    num_samples=num_samples, num_processes=accelerator.num_processes, skipped=False,
                    training_seconds=round(time.time() - training_started, 2), **totals, **_peak_gpu_memory())
@@ -327,8 +329,10 @@ def train_stage(config) -> None:
         **{f"train/{k}": np.nanmean([step[k] for step in steps]) for k in ("loss", "approx_kl", "clipfrac", "grad_norm")},
         "train/optimizer_steps": totals["optimizer_steps"], "train/skipped_steps": totals["skipped_steps"]})
     _mark_complete(stage_paths, state)
-    log.info("stage %d: %d optimiser steps (%d skipped), LoRA saved to %s", plan.stage, totals["optimizer_steps"],
-             totals["skipped_steps"], stage_paths.checkpoint)
+    log.info("stage %d: %d optimiser steps (%d skipped) of %d samples used %d of %d sample passes (%d left over); "
+             "LoRA saved to %s", plan.stage, totals["optimizer_steps"], totals["skipped_steps"],
+             config.train.batch_size * config.train.gradient_accumulation_steps, totals["samples_used"],
+             totals["samples_used"] + totals["samples_left_over"], totals["samples_left_over"], stage_paths.checkpoint)
 
 
 def _check_processes_agree(accelerator, unet) -> None:

@@ -2,8 +2,12 @@
 
 Batch arithmetic per stage (reference values): sample.batch_size (B=8) prompts x
 sample.num_batches_per_stage (32) = 256 branch groups; x num_branches (K=5) = 1,280 images.
-Selection keeps at most 2 branches a group (best and worst), so at most 512 trained samples,
-each trained on split_step steps, train.num_epochs (2) times.
+Selection keeps at most 2 branches a group (best and worst), so at most M = 512 trained samples,
+each trained on split_step steps. Training, as in the authors' release: train.num_epochs (2)
+passes of forward batches of train.batch_size (2) samples, and an optimiser step every
+train.gradient_accumulation_steps (64) batches, i.e. every 128 samples, counted across the
+epochs: floor(2 * floor(M / 2) / 64) optimiser steps a stage (M = 300 gives 4, M = 100 gives 1,
+M < 64 gives none); the remainder is left over (logged in the train metrics).
 """
 
 import ml_collections
@@ -24,7 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.mixed_precision = "fp16"  # "no", "fp16" or "bf16": dtype of the frozen models
     config.allow_tf32 = True  # TF32 matmuls on Ampere+ GPUs
     config.tensorboard = True  # also log stage scalars and grids to {run}/tensorboard if tensorboard is installed
-    config.prompt_file = "config/prompt/animal_activity_train.json"  # JSON list of prompts
+    config.prompt_file = "config/prompt/template1_train.json"  # JSON list of prompts (the paper's template 1)
 
     # ---- backward progressive curriculum ----
     config.stages = stages = ml_collections.ConfigDict()
@@ -67,11 +71,11 @@ def get_config() -> ml_collections.ConfigDict:
 
     # ---- normalisation and selection ----
     config.eval = evaluation = ml_collections.ConfigDict()
-    evaluation.history_cnt = 8  # H, stages of per-prompt score history pooled to normalise
+    evaluation.history_cnt = 8  # H, earlier stages whose per-prompt scores are pooled with this stage's to normalise
     evaluation.pos_threshold = 0.5  # rho+, best branch kept if its advantage >= this
     evaluation.neg_threshold = -0.5  # rho-, worst branch kept if its advantage < this
     evaluation.selection = "best_worst"  # key of b2diffurl.selection.SELECTIONS ("all": DDPO)
-    evaluation.prompt_file = "config/prompt/animal_activity_test.json"  # held-out prompts for b2diffurl.evaluate
+    evaluation.prompt_file = "config/prompt/template1_test.json"  # held-out prompts for b2diffurl.evaluate
     evaluation.num_images_per_prompt = 8  # images per held-out prompt
     evaluation.max_prompts = 0  # evaluate the first this many prompts of the file; 0: all
     evaluation.every = 10  # run_process.sh evaluates after every this many stages and the last; 0: never
@@ -84,8 +88,8 @@ def get_config() -> ml_collections.ConfigDict:
     train.adam_beta2 = 0.999  # AdamW beta2
     train.adam_weight_decay = 1e-4  # AdamW weight decay
     train.adam_epsilon = 1e-8  # AdamW epsilon
-    train.batch_size = 1  # selected samples per forward pass
-    train.gradient_accumulation_steps = 64  # forward batches (each over all s steps) per optimiser step
+    train.batch_size = 2  # selected samples per forward pass (a short last batch of an epoch is dropped)
+    train.gradient_accumulation_steps = 64  # forward batches (each over all s steps) per optimiser step, counted across epochs
     train.num_epochs = 2  # passes over the selected samples per stage
     train.clip_range = 0.1  # epsilon, PPO ratio clip (original: train.eps)
     train.adv_clip_max = 5.0  # advantages are clipped to [-adv_clip_max, adv_clip_max]

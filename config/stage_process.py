@@ -1,7 +1,12 @@
-"""The reference B2-DiffuRL run on Stable Diffusion v1.4 (DESIGN.md section 3).
+"""The reference B2-DiffuRL run on Stable Diffusion v1.4, as the authors' release runs it.
 
-T = 20, s from 14 to 20 over N = 100 stages, B = 8 x 32 batches, K = 5, 2 epochs, lr 1e-4,
-gradient accumulation 64, H = 8, fp16, LoRA rank 4, CFG 5.0, CLIP ViT-H-14 reward.
+T = 20, s from 14 to 20 over N = 100 stages, B = 8 x 32 batches, K = 5 (1,280 images a stage),
+thresholds +-0.5, per-prompt statistics over this stage and H = 8 earlier ones, 2 epochs, lr 1e-4,
+train batch 2 x gradient accumulation 64 (128 samples an optimiser step, counted across the
+epochs), fp16 frozen models, LoRA rank 4, CFG 5.0, CLIP ViT-H-14 reward, prompts of the paper's
+template 1 (config/prompt/template1_train.json; held out: template1_test.json). Every value
+lives in config/base.py. config/template2_colour_fruit.py and config/template3_object_place.py
+are the same run on the paper's other two prompt sets.
 
     bash run_process.sh config/stage_process.py
 """

@@ -18,7 +18,7 @@ def get_config():
     config.exp_name = "tiny_random"
     config.num_branches = 4
     config.mixed_precision = "no"
-    config.prompt_file = "config/prompt/colour_fruit_train.json"
+    config.prompt_file = "config/prompt/extra/colour_fruit_train.json"
     config.stages.num_stages = 3
     config.stages.split_step_min = 4
     config.stages.split_step_max = 10
@@ -31,7 +31,7 @@ def get_config():
     config.reward.name = "colour_match"
     config.reward.model = ""
     config.eval.history_cnt = 2
-    config.eval.prompt_file = "config/prompt/colour_fruit_test.json"
+    config.eval.prompt_file = "config/prompt/extra/colour_fruit_test.json"
     config.eval.num_images_per_prompt = 4
     config.eval.max_prompts = 16
     config.eval.every = 2

@@ -9,10 +9,12 @@ from b2diffurl.cli import UserError, check_config
 from b2diffurl.samples import load_samples
 from b2diffurl.stages import plan_stage
 from conftest import REPO
-from config import base, baseline, shapes, stage_process, tiny, tiny_random
+from config import (base, baseline, shapes, stage_process, template2_colour_fruit, template3_object_place, tiny,
+                    tiny_random)
 
 
-@pytest.mark.parametrize("module", [base, stage_process, baseline, tiny, tiny_random, shapes])
+@pytest.mark.parametrize("module", [base, stage_process, baseline, template2_colour_fruit, template3_object_place,
+                                    tiny, tiny_random, shapes])
 def test_config_passes_the_checks_and_plans_every_stage(module):
     config = module.get_config()
     check_config(config)
@@ -26,7 +28,20 @@ def test_reference_run_matches_the_paper_settings():
     assert (c.sample.num_steps, c.stages.split_step_min, c.stages.split_step_max, c.stages.num_stages) == (20, 14, 20, 100)
     assert (c.sample.batch_size, c.sample.num_batches_per_stage, c.num_branches, c.train.num_epochs) == (8, 32, 5, 2)
     assert (c.train.learning_rate, c.train.gradient_accumulation_steps, c.eval.history_cnt) == (1e-4, 64, 8)
+    assert (c.train.batch_size, c.eval.pos_threshold, c.eval.neg_threshold) == (2, 0.5, -0.5)
+    assert (c.prompt_file, c.eval.prompt_file) == ("config/prompt/template1_train.json", "config/prompt/template1_test.json")
     assert (c.mixed_precision, c.lora.rank, c.sample.guidance_scale, c.reward.name) == ("fp16", 4, 5.0, "clip_score")
+
+
+@pytest.mark.parametrize("module, template", [(template2_colour_fruit, 2), (template3_object_place, 3)])
+def test_template_presets_are_the_reference_run_on_the_papers_other_prompt_sets(module, template):
+    config, reference = module.get_config(), stage_process.get_config()
+    assert config.prompt_file == f"config/prompt/template{template}_train.json"
+    assert config.eval.prompt_file == f"config/prompt/template{template}_test.json"
+    assert os.path.exists(os.path.join(REPO, config.prompt_file)) and os.path.exists(os.path.join(REPO, config.eval.prompt_file))
+    reference.exp_name, reference.prompt_file = config.exp_name, config.prompt_file
+    reference.eval.prompt_file = config.eval.prompt_file
+    assert config.to_dict() == reference.to_dict()
 
 
 def test_baseline_is_ddpo_style_with_the_same_image_budget():
@@ -50,9 +65,15 @@ def test_bad_values_are_user_errors_naming_the_key(key, value):
         check_config(config)
 
 
-def test_baseline_stage_on_the_tiny_model_selects_every_sample(tiny_config):
+def test_baseline_stage_on_the_tiny_model_selects_every_sample(tiny_config, tmp_path):
+    import json
+
     from b2diffurl import workflow
 
+    # Two prompts, so that each has several scores to normalise against (one score has no
+    # sample standard deviation, and is never selected).
+    (tmp_path / "two.json").write_text(json.dumps(["a red apple", "a blue plum"]))
+    tiny_config.prompt_file = str(tmp_path / "two.json")
     tiny_config.num_branches = 1
     tiny_config.stages.split_step_min = tiny_config.stages.split_step_max = tiny_config.sample.num_steps
     tiny_config.eval.selection = "all"

@@ -151,3 +151,51 @@ def test_evaluate_reports_success_rates_per_group_for_the_shapes_reward(tiny_con
     assert success["two objects, held-out binding"]["num_images"] == 2 and success["all"]["num_images"] == 8
     assert success["two objects, held-out"]["num_images"] == 2  # the headline group pools both held-out kinds
     assert "success" in result.stderr
+
+
+def _readme_block(marker: str) -> str:
+    """The README's python code block that contains `marker`."""
+    with open(os.path.join(REPO, "README.md")) as f:
+        blocks = f.read().split("```python\n")[1:]
+    (block,) = [b.split("```")[0] for b in blocks if marker in b]
+    return block
+
+
+def test_the_shipped_model_runs_the_readme_example_with_plain_diffusers_defaults(tmp_path):
+    """A new user's first try: from_pretrained with no dtype, load_lora_weights, a caption (the
+    README's block as written, only the LoRA folder and the output file moved to tmp_path)."""
+    from config import tiny
+
+    config = tiny.get_config()
+    config.pretrained.model = os.path.join(REPO, config.pretrained.model)
+    pipe = load_pipeline(config, torch.device("cpu"))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for param in lora_parameters(pipe.unet):
+            param.add_(0.3 * torch.randn_like(param))
+    save_checkpoint(pipe.unet, str(tmp_path / "lora"))
+
+    block = _readme_block('from_pretrained("model/shapes-sd")')
+    assert 'load_lora_weights("model/tiny/stage2/checkpoints")' in block
+    with_lora = block.replace("model/tiny/stage2/checkpoints", str(tmp_path / "lora")).replace(
+        "red-circle-above-blue-square.png", str(tmp_path / "lora.png"))
+    without = "\n".join(line for line in block.splitlines() if "load_lora_weights" not in line).replace(
+        "red-circle-above-blue-square.png", str(tmp_path / "base.png"))
+    for script in (with_lora, without):
+        result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
+                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        assert result.returncode == 0, result.stderr[-3000:]
+    lora_image, base_image = (np.asarray(Image.open(tmp_path / n), dtype=np.int16) for n in ("lora.png", "base.png"))
+    assert lora_image.shape == (32, 32, 3) and base_image.std() > 0
+    assert np.abs(lora_image - base_image).mean() > 2  # the LoRA was applied
+
+
+@pytest.mark.parametrize("mixed_precision", ["no", "fp16", "bf16"])
+def test_frozen_models_load_in_the_configured_dtype(tiny_config, mixed_precision):
+    tiny_config.mixed_precision = mixed_precision
+    pipe = load_pipeline(tiny_config, torch.device("cpu"))
+    expected = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed_precision]
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        frozen = [p.dtype for name, p in module.named_parameters() if "lora_" not in name]
+        assert set(frozen) == {expected}, type(module).__name__
+    assert {p.dtype for p in lora_parameters(pipe.unet)} == {torch.float32}  # the LoRA trains in fp32

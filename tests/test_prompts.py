@@ -12,14 +12,17 @@ from b2diffurl.prompts import choose_prompts, encode_prompts, load_prompts
 from conftest import REPO
 
 
-@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "config", "prompt", "*.json"))))
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "config", "prompt", "**", "*.json"),
+                                                  recursive=True)))
 def test_shipped_prompt_files_load(path):
     assert len(load_prompts(path)) > 0
 
 
 def test_train_and_test_prompts_do_not_overlap():
-    for train in glob.glob(os.path.join(REPO, "config", "prompt", "*_train.json")):
-        test = train.replace("_train.json", "_test.json")
+    trains = glob.glob(os.path.join(REPO, "config", "prompt", "**", "*train.json"), recursive=True)
+    assert len(trains) == 5  # the paper's templates 1-3, colour-fruit, shapes
+    for train in trains:
+        test = train.replace("train.json", "test.json")
         assert not set(load_prompts(train)) & set(load_prompts(test)), train
 
 
@@ -72,7 +75,8 @@ def test_every_word_of_the_prompt_files_is_one_token_of_the_project_tokenizer(fo
 
     prompt_dir = os.path.join(PROMPT_DIR, folder)
     tokenizer = make_tokenizer(prompt_dir, max_length)
-    prompts = [p for path in glob.glob(os.path.join(prompt_dir, "*.json")) for p in load_prompts(path)]
+    paths = glob.glob(os.path.join(prompt_dir, "**", "*.json"), recursive=True)
+    prompts = [p for path in paths for p in load_prompts(path)]
     words = sorted({w for p in prompts for w in p.lower().split()})
     assert {"triangle", "right", "cucumber"} & set(words)  # words whose merges collide with others'
     split = [w for w in words if len(tokenizer(w).input_ids) != 3]  # start, the word, end

@@ -13,7 +13,7 @@ from b2diffurl.pipeline import load_pipeline, lora_merged, lora_parameters
 from b2diffurl.prompts import encode_prompts
 from b2diffurl.sampler import sample_branches
 from b2diffurl.samples import subset
-from b2diffurl.trainer import TrainSettings, train_on_samples
+from b2diffurl.trainer import TrainSettings, process_share, train_on_samples, update_schedule
 
 
 def _selected_record(pipe, advantages):
@@ -61,7 +61,8 @@ def test_training_raises_log_prob_of_good_and_lowers_it_for_bad_samples(tiny_con
     seen = []
     totals = train_on_samples(pipe.unet, pipe.scheduler, record, *_embeds(pipe, record), settings,
                               Accelerator(cpu=True), optimizer, torch.Generator().manual_seed(0), seen.append)
-    assert totals == {"optimizer_steps": 6, "skipped_steps": 0} and len(seen) == 6
+    assert totals == {"optimizer_steps": 6, "skipped_steps": 0, "samples_used": 12, "samples_left_over": 0}
+    assert len(seen) == 6
     assert seen[0]["approx_kl"] < 1e-10  # first step: the policy is still π_old
     assert all(np.isfinite(s["grad_norm"]) and s["grad_norm"] > 0 for s in seen)
     change = (_log_probs(pipe, record) - before).mean(dim=1)
@@ -107,7 +108,7 @@ def test_a_non_finite_loss_skips_the_optimiser_step_and_is_counted(tiny_config):
     seen = []
     totals = train_on_samples(pipe.unet, pipe.scheduler, record, *_embeds(pipe, record), settings,
                               Accelerator(cpu=True), torch.optim.AdamW(params, lr=1e-3), torch.Generator().manual_seed(0), seen.append)
-    assert totals == {"optimizer_steps": 2, "skipped_steps": 2} and all(s["skipped"] for s in seen)
+    assert (totals["optimizer_steps"], totals["skipped_steps"]) == (2, 2) and all(s["skipped"] for s in seen)
     assert all(torch.equal(a, b) for a, b in zip(before, params))  # no NaN reached the weights
 
 
@@ -160,3 +161,86 @@ def test_a_merged_lora_computes_the_same_unet_and_is_unmerged_bit_for_bit(tiny_c
     assert (merged - without_lora).abs().max() > 100 * (merged - expected).abs().max()
     assert torch.equal(after, expected)
     assert all(torch.equal(value, before[name]) for name, value in pipe.unet.state_dict().items())
+
+
+def release_optimizer_steps(num_samples: int, split_step: int, batch_size: int = 2, accumulation: int = 64,
+                            num_epochs: int = 2) -> int:
+    """The optimiser steps of the release's run_train.py, restated: its loop runs
+    range(0, M // 2 * 2, batch_size) batches an epoch and `split_step` micro-steps a batch under
+    accelerate's accumulate(), whose counter runs over the whole stage and syncs (steps) when it
+    reaches a multiple of accumulation * split_step."""
+    counter = steps = 0
+    for _ in range(num_epochs):
+        for _ in range(0, num_samples // 2 * 2, batch_size):
+            for _ in range(split_step):
+                counter += 1
+                steps += counter % (accumulation * split_step) == 0
+    return steps
+
+
+@pytest.mark.parametrize("num_samples", [0, 1, 40, 63, 64, 65, 100, 127, 128, 129, 300, 511, 512])
+def test_reference_schedule_makes_the_releases_optimiser_steps(num_samples):
+    from config import stage_process
+
+    t = stage_process.get_config().train
+    assert (t.batch_size, t.gradient_accumulation_steps, t.num_epochs) == (2, 64, 2)
+    schedule = update_schedule(num_samples, 14, t.batch_size, t.gradient_accumulation_steps, t.num_epochs,
+                               torch.Generator().manual_seed(0))
+    assert len(schedule.steps) == release_optimizer_steps(num_samples, 14)
+    assert {100: 1, 300: 4, 40: 0}.get(num_samples, len(schedule.steps)) == len(schedule.steps)  # the issue's figures
+    assert all(len(group) == 64 and all(len(b.rows) == 2 for b in group) for group in schedule.steps)
+    assert schedule.samples_used == 128 * len(schedule.steps)
+    assert schedule.samples_used + schedule.samples_left_over == 2 * num_samples
+
+
+def test_update_schedule_runs_across_epochs_and_drops_only_the_remainder():
+    # M = 7, batch 2, accumulation 4, 3 epochs: 3 full batches an epoch, 9 in the stream, 2 steps
+    schedule = update_schedule(7, 5, 2, 4, 3, torch.Generator().manual_seed(1))
+    assert len(schedule.steps) == 2 and (schedule.samples_used, schedule.samples_left_over) == (16, 5)
+    epochs = [[b.epoch for b in group] for group in schedule.steps]
+    assert epochs == [[0, 0, 0, 1], [1, 1, 2, 2]]  # the second step spans epochs 1 and 2
+    for epoch in range(2):  # within an epoch, batches hold distinct samples
+        rows = torch.cat([b.rows for group in schedule.steps for b in group if b.epoch == epoch])
+        assert len(set(rows.tolist())) == len(rows) == 6
+    for group in schedule.steps:
+        for b in group:  # every sample's step order is a permutation of its s steps
+            assert (b.step_order.sort(dim=1).values == torch.arange(5)).all()
+
+
+def test_process_share_pads_short_shares_with_weightless_passes():
+    group = ["b0", "b1", "b2", "b3", "b4"]
+    shares = [process_share(group, rank, 2) for rank in range(2)]
+    assert shares[0] == [("b0", True), ("b2", True), ("b4", True)]
+    assert shares[1] == [("b1", True), ("b3", True), ("b0", False)]
+    assert process_share(group, 0, 1) == [(b, True) for b in group]
+    real = sorted(b for share in shares for b, is_real in share if is_real)
+    assert real == group  # every batch exactly once
+
+
+def test_fp16_loss_scale_is_carried_from_stage_to_stage(tiny_config, monkeypatch):
+    """Under fp16 the grad scaler's state is saved with the checkpoint and restored by the next
+    stage (the release carries it in accelerate's state). accelerate makes a scaler only on a
+    GPU; here a CPU GradScaler stands in, growing every step so that its scale moves."""
+    from b2diffurl import workflow
+    from b2diffurl.logs import read_run_metrics
+
+    make_accelerator = workflow.make_accelerator
+
+    def with_scaler(config):
+        accelerator = make_accelerator(config)
+        accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=1)
+        return accelerator
+
+    monkeypatch.setattr(workflow, "make_accelerator", with_scaler)
+    tiny_config.train.batch_size, tiny_config.train.gradient_accumulation_steps = 1, 1
+    for stage in (0, 1):
+        tiny_config.stage = stage
+        for step in (workflow.sample_stage, workflow.select_stage, workflow.train_stage):
+            step(tiny_config)
+    records = read_run_metrics(f"{tiny_config.save_path}/{tiny_config.exp_name}")
+    first, second = [r for r in records if r["event"] == "train"]
+    assert first["optimizer_steps"] > 0 and second["optimizer_steps"] > 0
+    assert first["loss_scale_start"] == 2.0**10 and first["loss_scale_end"] > 2.0**10
+    assert second["loss_scale_start"] == first["loss_scale_end"]  # not a fresh 2 ** 10
+    steps = [r for r in records if r["event"] == "optimizer_step" and r["stage"] == 1]
+    assert steps[0]["loss_scale"] == first["loss_scale_end"]

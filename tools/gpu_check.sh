@@ -29,7 +29,7 @@ python3 -m b2diffurl.bench --model "$model" --mixed_precision fp16 --num_branche
 echo "=== 2. one reference stage through the scripts"
 run=$out/runs/stage_process/stage0
 flags=(--config config/stage_process.py --config.pretrained.model "$model" --config.reward.name colour_match
-  --config.prompt_file config/prompt/colour_fruit_train.json --config.sample.num_batches_per_stage 1
+  --config.prompt_file config/prompt/extra/colour_fruit_train.json --config.sample.num_batches_per_stage 1
   --config.split_step 14 --config.save_path "$out/runs" --config.train.gradient_accumulation_steps 4
   --config.train.num_epochs 1 --config.tensorboard=False)
 for script in run_sample.py run_select.py run_train.py; do
