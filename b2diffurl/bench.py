@@ -1,4 +1,4 @@
-"""Side-by-side speed, file-size and memory figures (issue: performance).
+"""Side-by-side speed, file-size and memory figures.
 
     python -m b2diffurl.bench                          # tiny model built here, CPU or GPU
     python -m b2diffurl.bench --repeats 3             # a quicker, noisier look

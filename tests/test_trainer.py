@@ -187,7 +187,7 @@ def test_reference_schedule_makes_the_releases_optimiser_steps(num_samples):
     schedule = update_schedule(num_samples, 14, t.batch_size, t.gradient_accumulation_steps, t.num_epochs,
                                torch.Generator().manual_seed(0))
     assert len(schedule.steps) == release_optimizer_steps(num_samples, 14)
-    assert {100: 1, 300: 4, 40: 0}.get(num_samples, len(schedule.steps)) == len(schedule.steps)  # the figures
+    assert {100: 1, 300: 4, 40: 0}.get(num_samples, len(schedule.steps)) == len(schedule.steps)  # the figures quoted in the README
     assert all(len(group) == 64 and all(len(b.rows) == 2 for b in group) for group in schedule.steps)
     assert schedule.samples_used == 128 * len(schedule.steps)
     assert schedule.samples_used + schedule.samples_left_over == 2 * num_samples
