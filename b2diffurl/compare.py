@@ -1,18 +1,23 @@
-"""B2-DiffuRL against the DDPO-style baseline at the same number of sampled images, side by side.
+"""B2-DiffuRL against its shuffled-reward control and the DDPO-style baseline at the same number
+of sampled images, side by side, on paired held-out images.
 
     python -m b2diffurl.compare --config config/shapes.py                      # seed 0
     python -m b2diffurl.compare --config config/shapes.py --seeds 0,1,2 --config.stages.num_stages 8
     python -m b2diffurl.compare --config config/shapes.py --methods b2diffurl  # one side now
     python -m b2diffurl.compare --config config/shapes.py --methods ''         # table and plot only
 
-For every seed, runs `bash run_process.sh CONFIG` (with the --config.key overrides given)
-twice into {out}/: once as the config says (b2diffurl_seed{n}) and once as its DDPO-style
-baseline (ddpo_seed{n}: config/baseline.py's `ddpo_overrides`, K = 1, s = T, every sample
-trained, K times the sampling batches so that a stage samples as many images). Both evaluate on the held-out prompts after every stage. Then
-it writes {out}/compare.json (every evaluation), {out}/compare.md (a table: held-out two-object
-success and diversity against images sampled, per method, mean over seeds) and
-{out}/compare.png. A finished run is not redone (run_process.sh continues where a run stopped),
-so rerunning the command with more seeds adds them.
+For every seed and method, runs `bash run_process.sh CONFIG` (with the --config.key overrides
+given) into {out}/{method}_seed{n}: `b2diffurl` as the config says; `control`, the same with
+each stage's rewards shuffled among its samples (reward.shuffle: what the update does to the
+model without signal); `ddpo`, the DDPO-style baseline (config/baseline.py's `ddpo_overrides`:
+K = 1, s = T, every sample trained, K times the sampling batches so that a stage samples as many
+images). Each evaluates on the held-out prompts after every eval.every stages, on the same
+noise as the base model, so that every evaluation pairs with the base image by image. Then it
+writes {out}/compare.json (every evaluation), {out}/results.json (one entry per run, its last
+evaluation against the base: success, paired gained/lost counts and McNemar's statistic, and
+the config), {out}/compare.md (the table) and {out}/compare.png. A finished run is not redone
+(run_process.sh continues where a run stopped), so rerunning the command with more seeds adds
+them.
 """
 
 from __future__ import annotations
@@ -24,11 +29,12 @@ import numpy as np
 from absl import app, flags
 
 from b2diffurl.cli import CONFIG
+from b2diffurl.evaluation import paired_change
 from b2diffurl.files import atomic_write, atomic_write_json
 from b2diffurl.report import read_evaluations
 from b2diffurl.shapes import HELD_OUT_TWO_OBJECTS
 
-METHODS = ("b2diffurl", "ddpo")
+METHODS = ("b2diffurl", "control", "ddpo")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -38,8 +44,8 @@ def run_overrides(config, method: str, seed: int, out: str) -> dict:
     from config.baseline import ddpo_overrides
 
     changes = {"save_path": out, "exp_name": f"{method}_seed{seed}", "log_dir": os.path.join(out, "log"),
-               "seed": seed, "eval.every": 1}
-    return {**changes, **(ddpo_overrides(config) if method == "ddpo" else {})}
+               "seed": seed}
+    return {**changes, **{"ddpo": ddpo_overrides(config), "control": {"reward.shuffle": True}}.get(method, {})}
 
 
 def run_config(config, method: str, seed: int, out: str):
@@ -65,7 +71,7 @@ def collect(out: str, config, seeds: list[int]) -> list[dict]:
             points = ([(0, base)] if base else []) + [(stage + 1, result) for stage, result in evaluations]
             for stages_done, result in points:
                 success = result.get("success", {}).get(HELD_OUT_TWO_OBJECTS, {})
-                rows.append({"method": method, "seed": seed, "stages": stages_done,
+                rows.append({"method": method, "seed": seed, "stages": stages_done, **_paired(base, result),
                              "images": stages_done * per_stage, "success_rate": success.get("success_rate"),
                              "ci95_low": success.get("ci95_low"), "ci95_high": success.get("ci95_high"),
                              "num_images": success.get("num_images"),
@@ -74,10 +80,37 @@ def collect(out: str, config, seeds: list[int]) -> list[dict]:
     return rows
 
 
+def _paired(base: dict | None, result: dict) -> dict:
+    """Gained/lost held-out two-object images of `result` against the base on the same noise."""
+    if not base or "scores" not in base or base.get("prompts") != result.get("prompts"):
+        return {}
+    from b2diffurl.shapes import prompt_groups
+
+    rows = [i for i, p in enumerate(result["prompts"]) if HELD_OUT_TWO_OBJECTS in prompt_groups(p)]
+    return paired_change(np.asarray(base["scores"])[rows], np.asarray(result["scores"])[rows])
+
+
+def results(rows: list[dict], configs: dict[tuple[str, int], dict]) -> dict:
+    """One entry per run: its last evaluation against the base (docs/shapes-results.md)."""
+    runs = []
+    for (method, seed), config in configs.items():
+        mine = sorted((r for r in rows if (r["method"], r["seed"]) == (method, seed)), key=lambda r: r["stages"])
+        if len(mine) < 2 or mine[0]["stages"] != 0:
+            continue
+        base, last = mine[0], mine[-1]
+        runs.append({"method": "ddpo" if method == "ddpo" else "b2diffurl", "seed": seed,
+                     "control": method == "control", "images": last["images"], "stages": last["stages"],
+                     "base_success": base["success_rate"], "final_success": last["success_rate"],
+                     "n": last["num_images"], "gained": last.get("gained"), "lost": last.get("lost"),
+                     "mcnemar_chi2": last.get("mcnemar_chi2"), "config": config})
+    return {"runs": runs}
+
+
 def table(rows: list[dict]) -> str:
-    """Markdown: per method and number of images, mean over seeds of success and diversity."""
+    """Markdown: per method and number of images, mean over seeds of success and diversity, and
+    the paired gained/lost counts against the base (summed over seeds) with McNemar's statistic."""
     lines = ["| method | stages | images sampled | seeds | held-out two-object success | 95% interval (one seed) "
-             "| diversity |", "|---|---|---|---|---|---|---|"]
+             "| gained / lost vs base | McNemar χ² | diversity |", "|---|---|---|---|---|---|---|---|---|"]
     for method in METHODS:
         for stages in sorted({r["stages"] for r in rows if r["method"] == method}):
             group = [r for r in rows
@@ -86,9 +119,14 @@ def table(rows: list[dict]) -> str:
                 continue
             interval = (f"[{group[0]['ci95_low']:.3f}, {group[0]['ci95_high']:.3f}]" if len(group) == 1 else
                         "seeds " + ", ".join(f"{r['success_rate']:.3f}" for r in group))
+            paired = "–", "–"
+            if stages > 0 and all("gained" in r for r in group):
+                change = {k: sum(r[k] for r in group) for k in ("gained", "lost")}
+                chi2 = (change["gained"] - change["lost"]) ** 2 / max(1, change["gained"] + change["lost"])
+                paired = f"{change['gained']} / {change['lost']}", f"{chi2:.2f}"
             lines.append(f"| {method} | {stages} | {group[0]['images']} | {len(group)} | "
-                         f"{np.mean([r['success_rate'] for r in group]):.3f} | {interval} | "
-                         f"{np.mean([r['diversity'] for r in group]):.4f} |")
+                         f"{np.mean([r['success_rate'] for r in group]):.3f} | {interval} | {paired[0]} | "
+                         f"{paired[1]} | {np.mean([r['diversity'] for r in group]):.4f} |")
     return "\n".join(lines)
 
 
@@ -98,7 +136,7 @@ def plot(rows: list[dict], path: str) -> None:
 
     fig = agg_figure(figsize=(11, 4.2), layout="constrained")
     axes = fig.subplots(1, 2)
-    for colour, method in zip(("C0", "C3"), METHODS):
+    for colour, method in zip(("C0", "C7", "C3"), METHODS):
         mine = [r for r in rows if r["method"] == method and r["success_rate"] is not None]
         if not mine:
             continue
@@ -142,6 +180,9 @@ def main(argv) -> None:
     rows = collect(out, config, seeds)
     atomic_write_json({"config": config_file, "overrides": overrides, "seeds": seeds, "rows": rows},
                       os.path.join(out, "compare.json"))
+    configs = {(method, seed): {"file": config_file, "overrides": {**overrides, **run_overrides(config, method, seed, out)}}
+               for method in METHODS for seed in seeds}
+    atomic_write_json(results(rows, configs), os.path.join(out, "results.json"))
     text = table(rows)
     atomic_write(os.path.join(out, "compare.md"), lambda f: f.write(text.encode() + b"\n"))
     print(text)

@@ -88,7 +88,9 @@ def summarise(prompts: list[str], scores: np.ndarray, embeddings: np.ndarray,
               group_of: Callable[[str], str | tuple[str, ...]] | None = None) -> dict:
     """Per prompt and overall: reward mean/std (and a 95% interval of the mean), diversity (per
     prompt, averaged; and `diversity_all` over all images, which is defined with one image a prompt); with
-    `group_of` (prompt -> group name), also success rates per group (see success_rates)."""
+    `group_of` (prompt -> group name), also success rates per group (see success_rates). `scores`
+    keeps every image's score in generation order, so that two evaluations on the same noise
+    pair image by image (see paired_change)."""
     per_prompt = {}
     for prompt in dict.fromkeys(prompts):
         rows = np.asarray([i for i, p in enumerate(prompts) if p == prompt])
@@ -103,5 +105,18 @@ def summarise(prompts: list[str], scores: np.ndarray, embeddings: np.ndarray,
         "diversity_mean": _finite_mean([v["diversity"] for v in per_prompt.values()]),
         "diversity_all": mean_pairwise_distance(embeddings),
         "per_prompt": per_prompt,
+        "prompts": list(prompts),
+        "scores": [float(s) for s in scores],
         **({"success": success_rates(prompts, scores, group_of)} if group_of else {}),
     }
+
+
+def paired_change(before: np.ndarray, after: np.ndarray) -> dict:
+    """Success (score 1.0) of the same images, on the same noise, before and after training:
+    `gained` images wrong before and right after, `lost` the reverse, and McNemar's statistic
+    (gained - lost)^2 / (gained + lost), chi-square with one degree of freedom under no change
+    (above 3.84: significant at the 5% level)."""
+    right_before, right_after = np.asarray(before) == 1.0, np.asarray(after) == 1.0
+    gained, lost = int((~right_before & right_after).sum()), int((right_before & ~right_after).sum())
+    chi2 = (gained - lost) ** 2 / (gained + lost) if gained + lost else 0.0
+    return {"gained": gained, "lost": lost, "mcnemar_chi2": float(chi2), "significant": bool(chi2 > 3.84)}

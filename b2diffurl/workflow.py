@@ -227,6 +227,8 @@ def select_stage(config) -> None:
     reward = build_reward(config.reward, accelerator.device)
     log.info("stage %d: scoring %d images with %s", plan.stage, len(images), config.reward.name)
     scores = score_images(reward, images, record["prompts"], config.reward.batch_size)
+    if config.reward.shuffle:  # the control run: what the update does to the model without signal
+        scores = np.random.default_rng(plan.seed).permutation(scores)
     finite = np.isfinite(scores)
     if not finite.all():
         log.warning("stage %d: %d non-finite rewards dropped", plan.stage, int((~finite).sum()))

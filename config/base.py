@@ -68,6 +68,7 @@ def get_config() -> ml_collections.ConfigDict:
     reward.aesthetic_weights = ""  # aesthetic: local .pth/.pt/.safetensors state dict of the LAION aesthetic MLP
     reward.components = ""  # weighted: "name:weight,...", e.g. "colour_match:1.0,jpeg_compressibility:0.01"
     reward.batch_size = 32  # images per reward call
+    reward.shuffle = False  # control run: each stage's rewards permuted among its samples (seeded), so they carry no signal
 
     # ---- normalisation and selection ----
     config.eval = evaluation = ml_collections.ConfigDict()

@@ -18,8 +18,10 @@ def test_the_ddpo_baseline_samples_as_many_images_a_stage_without_branches():
     assert ddpo.num_branches == 1 and ddpo.eval.selection == "all" and config.num_branches > 1
     assert ddpo.stages.split_step_min == ddpo.stages.split_step_max == config.sample.num_steps
     overrides = compare.run_overrides(config, "ddpo", 3, "out")
-    assert overrides["exp_name"] == "ddpo_seed3" and overrides["seed"] == 3 and overrides["eval.every"] == 1
+    assert overrides["exp_name"] == "ddpo_seed3" and overrides["seed"] == 3
     assert "num_branches" not in compare.run_overrides(config, "b2diffurl", 3, "out")
+    control = compare.run_overrides(config, "control", 3, "out")
+    assert control["reward.shuffle"] is True and control["exp_name"] == "control_seed3" and "num_branches" not in control
 
 
 def _evaluation(path, key, rate, diversity):
@@ -48,8 +50,46 @@ def test_rows_table_and_plot_from_the_runs_evaluations(tmp_path):
     ddpo = [r for r in rows if r["method"] == "ddpo" and r["seed"] == 0]
     assert [r["images"] for r in ddpo] == [0, per_stage, 2 * per_stage]
     text = compare.table(rows)
-    assert f"| b2diffurl | 2 | {2 * per_stage} | 2 | 0.410 | seeds 0.400, 0.420 | 0.1900 |" in text
+    assert f"| b2diffurl | 2 | {2 * per_stage} | 2 | 0.410 | seeds 0.400, 0.420 | – | – | 0.1900 |" in text
     assert "| ddpo | 0 | 0 | 2 | 0.250 |" in text
     pytest.importorskip("matplotlib")
     compare.plot(rows, str(tmp_path / "compare.png"))
     assert (tmp_path / "compare.png").stat().st_size > 1000
+
+
+def test_paired_counts_against_the_base_and_the_results_file(tmp_path):
+    from b2diffurl.prompts import load_prompts
+    from b2diffurl.shapes import prompt_groups
+    from conftest import REPO
+
+    captions = load_prompts(os.path.join(REPO, "config", "prompt", "shapes", "test.json"))
+    two = [c for c in captions if HELD_OUT_TWO_OBJECTS in prompt_groups(c)][:3]
+    one = [c for c in captions if HELD_OUT_TWO_OBJECTS not in prompt_groups(c)][:1]
+    prompts = two + one
+
+    def write(path, key, scores):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        rate = sum(s == 1.0 for s in scores[:3]) / 3
+        success = {HELD_OUT_TWO_OBJECTS: {"success_rate": rate, "ci95_low": 0.0, "ci95_high": 1.0, "num_images": 3}}
+        with open(path, "w") as f:
+            json.dump({"results": {key: {"success": success, "diversity_all": 0.1, "reward_mean": rate,
+                                         "prompts": prompts, "scores": scores}}}, f)
+
+    for method, after in (("b2diffurl", [1.0, 1.0, 0.0, 0.0]), ("control", [0.0, 0.0, 1.0, 1.0])):
+        run = os.path.join(str(tmp_path), f"{method}_seed0")
+        write(os.path.join(run, "evaluation_base.json"), "base", [0.0, 0.0, 1.0, 1.0])
+        write(os.path.join(run, "stage0", "evaluation.json"), "lora", after)
+    config = shapes.get_config()
+    rows = compare.collect(str(tmp_path), config, [0])
+    last = {r["method"]: r for r in rows if r["stages"] == 1}
+    # the one-object caption (right before, wrong after) is not a held-out two-object image
+    assert (last["b2diffurl"]["gained"], last["b2diffurl"]["lost"]) == (2, 1)
+    assert (last["control"]["gained"], last["control"]["lost"]) == (0, 0)
+    assert "| b2diffurl | 1 |" in compare.table(rows) and "| 2 / 1 | 0.33 |" in compare.table(rows)
+    configs = {(m, 0): {"overrides": {"method": m}} for m in compare.METHODS}
+    runs = compare.results(rows, configs)["runs"]  # the ddpo run has no evaluations: no entry
+    assert [(r["method"], r["control"]) for r in runs] == [("b2diffurl", False), ("b2diffurl", True)]
+    first = runs[0]
+    assert (first["base_success"], first["final_success"], first["n"], first["gained"], first["lost"]) == (
+        pytest.approx(1 / 3), pytest.approx(2 / 3), 3, 2, 1)
+    assert first["images"] == compare.images_per_stage(config) and first["config"] == {"overrides": {"method": "b2diffurl"}}

@@ -9,12 +9,12 @@ from b2diffurl.cli import UserError, check_config
 from b2diffurl.samples import load_samples
 from b2diffurl.stages import plan_stage
 from conftest import REPO
-from config import (base, baseline, shapes, stage_process, template2_colour_fruit, template3_object_place, tiny,
+from config import (base, baseline, shapes, shapes_scale, stage_process, template2_colour_fruit, template3_object_place, tiny,
                     tiny_random)
 
 
 @pytest.mark.parametrize("module", [base, stage_process, baseline, template2_colour_fruit, template3_object_place,
-                                    tiny, tiny_random, shapes])
+                                    tiny, tiny_random, shapes, shapes_scale])
 def test_config_passes_the_checks_and_plans_every_stage(module):
     config = module.get_config()
     check_config(config)
@@ -93,3 +93,20 @@ def test_the_shapes_demo_runs_on_the_shipped_model_with_the_exact_reward():
         "shapes", "model/shapes-sd", False)
     assert os.path.exists(os.path.join(REPO, config.pretrained.model, "model_index.json"))  # shipped in git
     assert config.prompt_file.startswith("config/prompt/shapes/") and config.eval.prompt_file.endswith("test.json")
+
+
+def test_the_shuffled_reward_control_permutes_each_stages_rewards(tiny_config):
+    from b2diffurl import workflow
+    from b2diffurl.files import read_json
+
+    histories = []
+    for shuffle in (False, True):
+        tiny_config.reward.shuffle = shuffle
+        tiny_config.exp_name = f"shuffle_{shuffle}"
+        workflow.sample_stage(tiny_config)
+        workflow.select_stage(tiny_config)
+        histories.append(read_json(plan_stage(tiny_config).paths.history)["scores"])
+    plain, shuffled = ({p: v["0"] for p, v in h.items()} for h in histories)
+    flat = lambda h: sorted(s for v in h.values() for s in v)
+    assert flat(plain) == flat(shuffled)  # the same rewards ...
+    assert plain != shuffled  # ... given to other samples

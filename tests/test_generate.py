@@ -12,7 +12,7 @@ from diffusers import DDIMScheduler, StableDiffusionPipeline
 from PIL import Image
 
 from b2diffurl.checkpoint import save_checkpoint
-from b2diffurl.evaluation import mean_pairwise_distance, pixel_embeddings, summarise, wilson_interval
+from b2diffurl.evaluation import mean_pairwise_distance, paired_change, pixel_embeddings, summarise, wilson_interval
 from b2diffurl.pipeline import load_pipeline, lora_parameters
 from b2diffurl.sampler import generate_images, image_seed
 from conftest import REPO
@@ -102,6 +102,19 @@ def test_summarise_per_prompt_and_overall():
     assert s["per_prompt"]["b"]["diversity"] == 0.0
     assert s["reward_mean"] == 2.0 and s["diversity_mean"] == 0.5 and s["num_images"] == 4
     assert s["reward_ci95"] == pytest.approx(1.96 * np.std(scores, ddof=1) / 2)
+    assert s["scores"] == [1.0, 3.0, 2.0, 2.0] and s["prompts"] == prompts  # every image, in order: evaluations pair image by image
+
+
+def test_paired_change_counts_gains_and_losses_with_mcnemar():
+    before = np.array([0.0, 0.0, 1.0, 1.0, 0.0, 0.5] + [0.0] * 14 + [1.0] * 9)
+    after = np.array([1.0, 0.0, 1.0, 0.0, 1.0, 1.0] + [1.0] * 14 + [0.0] * 9)
+    # gained: 0, 4, 5 and the 14; lost: 3 and the 9; 0.5 is not a success
+    change = paired_change(before, after)
+    assert (change["gained"], change["lost"]) == (17, 10)
+    assert change["mcnemar_chi2"] == pytest.approx(49 / 27) and not change["significant"]
+    strong = paired_change(np.zeros(20), np.r_[np.ones(16), np.zeros(4)])  # 16 gained, 0 lost: chi2 16
+    assert strong["mcnemar_chi2"] == 16.0 and strong["significant"]
+    assert paired_change(np.ones(3), np.ones(3)) == {"gained": 0, "lost": 0, "mcnemar_chi2": 0.0, "significant": False}
 
 
 def test_success_rates_per_group_with_wilson_intervals():
