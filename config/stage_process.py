@@ -18,3 +18,12 @@ def get_config():
     config = base.get_config()
     config.exp_name = "stage_process"
     return config
+
+
+def on_template(template: int, exp_name: str):
+    """The reference run on the paper's prompt set `template` (config/prompt/template{n}_*.json)."""
+    config = get_config()
+    config.exp_name = exp_name
+    config.prompt_file = f"config/prompt/template{template}_train.json"
+    config.eval.prompt_file = f"config/prompt/template{template}_test.json"
+    return config

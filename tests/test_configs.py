@@ -9,8 +9,8 @@ from b2diffurl.cli import UserError, check_config
 from b2diffurl.samples import load_samples
 from b2diffurl.stages import plan_stage
 from conftest import REPO
-from config import (base, baseline, shapes, shapes_scale, stage_process, template2_colour_fruit, template3_object_place, tiny,
-                    tiny_random)
+from config import (base, baseline, shapes, shapes_scale, stage_process, template2_colour_fruit,
+                    template3_object_place, tiny, tiny_random)
 
 
 @pytest.mark.parametrize("module", [base, stage_process, baseline, template2_colour_fruit, template3_object_place,

@@ -20,16 +20,20 @@ from conftest import REPO
 PROMPTS = ["a red apple", "a blue plum"]
 
 
-@pytest.fixture()
-def trained_lora(tiny_config, tmp_path):
-    """A LoRA checkpoint with non-zero weights, as a stage leaves it."""
-    pipe = load_pipeline(tiny_config, torch.device("cpu"))
+def save_random_lora(config, directory: str) -> str:
+    """A LoRA checkpoint with non-zero weights for `config`'s model, as a stage leaves it."""
+    pipe = load_pipeline(config, torch.device("cpu"))
     torch.manual_seed(0)
     with torch.no_grad():
         for param in lora_parameters(pipe.unet):
             param.add_(0.3 * torch.randn_like(param))
-    save_checkpoint(pipe.unet, str(tmp_path / "lora"))
-    return str(tmp_path / "lora")
+    save_checkpoint(pipe.unet, directory)
+    return directory
+
+
+@pytest.fixture()
+def trained_lora(tiny_config, tmp_path):
+    return save_random_lora(tiny_config, str(tmp_path / "lora"))
 
 
 def _diffusers_images(model_dir, lora=None):
@@ -181,12 +185,7 @@ def test_the_shipped_model_runs_the_readme_example_with_plain_diffusers_defaults
 
     config = tiny.get_config()
     config.pretrained.model = os.path.join(REPO, config.pretrained.model)
-    pipe = load_pipeline(config, torch.device("cpu"))
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for param in lora_parameters(pipe.unet):
-            param.add_(0.3 * torch.randn_like(param))
-    save_checkpoint(pipe.unet, str(tmp_path / "lora"))
+    save_random_lora(config, str(tmp_path / "lora"))
 
     block = _readme_block('from_pretrained("model/shapes-sd")')
     assert 'load_lora_weights("model/tiny/stage2/checkpoints")' in block
