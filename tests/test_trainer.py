@@ -193,6 +193,16 @@ def test_reference_schedule_makes_the_releases_optimiser_steps(num_samples):
     assert schedule.samples_used + schedule.samples_left_over == 2 * num_samples
 
 
+def test_reference_schedule_step_count_equals_the_releases_for_every_m_up_to_600():
+    from config import stage_process
+
+    t = stage_process.get_config().train
+    for num_samples in range(601):
+        schedule = update_schedule(num_samples, 1, t.batch_size, t.gradient_accumulation_steps, t.num_epochs,
+                                   torch.Generator().manual_seed(num_samples))
+        assert len(schedule.steps) == release_optimizer_steps(num_samples, 1), num_samples
+
+
 def test_update_schedule_runs_across_epochs_and_drops_only_the_remainder():
     # M = 7, batch 2, accumulation 4, 3 epochs: 3 full batches an epoch, 9 in the stream, 2 steps
     schedule = update_schedule(7, 5, 2, 4, 3, torch.Generator().manual_seed(1))
