@@ -29,7 +29,7 @@ import numpy as np
 from absl import app, flags
 
 from b2diffurl.cli import CONFIG
-from b2diffurl.evaluation import paired_change
+from b2diffurl.evaluation import mcnemar_chi2, paired_change
 from b2diffurl.files import atomic_write, atomic_write_json
 from b2diffurl.report import read_evaluations
 from b2diffurl.shapes import HELD_OUT_TWO_OBJECTS
@@ -91,7 +91,7 @@ def _paired(base: dict | None, result: dict) -> dict:
 
 
 def results(rows: list[dict], configs: dict[tuple[str, int], dict]) -> dict:
-    """One entry per run: its last evaluation against the base (docs/shapes-results.md)."""
+    """One entry per run: its last evaluation against the base (the format: docs/shapes-results.md)."""
     runs = []
     for (method, seed), config in configs.items():
         mine = sorted((r for r in rows if (r["method"], r["seed"]) == (method, seed)), key=lambda r: r["stages"])
@@ -121,9 +121,8 @@ def table(rows: list[dict]) -> str:
                         "seeds " + ", ".join(f"{r['success_rate']:.3f}" for r in group))
             paired = "–", "–"
             if stages > 0 and all("gained" in r for r in group):
-                change = {k: sum(r[k] for r in group) for k in ("gained", "lost")}
-                chi2 = (change["gained"] - change["lost"]) ** 2 / max(1, change["gained"] + change["lost"])
-                paired = f"{change['gained']} / {change['lost']}", f"{chi2:.2f}"
+                gained, lost = (sum(r[k] for r in group) for k in ("gained", "lost"))
+                paired = f"{gained} / {lost}", f"{mcnemar_chi2(gained, lost):.2f}"
             lines.append(f"| {method} | {stages} | {group[0]['images']} | {len(group)} | "
                          f"{np.mean([r['success_rate'] for r in group]):.3f} | {interval} | {paired[0]} | "
                          f"{paired[1]} | {np.mean([r['diversity'] for r in group]):.4f} |")

@@ -118,5 +118,10 @@ def paired_change(before: np.ndarray, after: np.ndarray) -> dict:
     (above 3.84: significant at the 5% level)."""
     right_before, right_after = np.asarray(before) == 1.0, np.asarray(after) == 1.0
     gained, lost = int((~right_before & right_after).sum()), int((right_before & ~right_after).sum())
-    chi2 = (gained - lost) ** 2 / (gained + lost) if gained + lost else 0.0
-    return {"gained": gained, "lost": lost, "mcnemar_chi2": float(chi2), "significant": bool(chi2 > 3.84)}
+    chi2 = mcnemar_chi2(gained, lost)
+    return {"gained": gained, "lost": lost, "mcnemar_chi2": chi2, "significant": chi2 > 3.84}
+
+
+def mcnemar_chi2(gained: int, lost: int) -> float:
+    """McNemar's statistic of paired outcomes, without continuity correction (0 with no change)."""
+    return float((gained - lost) ** 2 / (gained + lost)) if gained + lost else 0.0
