@@ -15,7 +15,7 @@ CONTINUATION_KEYS = (
     "pretrained.model", "pretrained.revision", "sample.num_steps", "sample.eta", "sample.guidance_scale",
     "num_branches", "seed", "lora.rank", "lora.alpha", "lora.target_modules", "stages.num_stages",
     "stages.split_step_min", "stages.split_step_max", "reward.name", "reward.components", "reward.model",
-    "reward.aesthetic_weights", "eval.selection",
+    "reward.aesthetic_weights", "reward.shuffle", "eval.selection",
 )
 
 
