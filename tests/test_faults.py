@@ -212,6 +212,10 @@ def test_continuing_a_run_with_a_run_defining_setting_changed_is_refused(tiny_co
                             cwd=REPO, env=ENV, capture_output=True, text=True)
     assert result.returncode == 2 and "sample.num_steps" in result.stderr and "new exp_name" in result.stderr
     assert _tree_digest(run) == before
+    # a shuffled-reward control is another run, not a continuation of this one
+    result = subprocess.run([sys.executable, "-m", "b2diffurl.plan", *_flags(tiny_config, "--config.reward.shuffle=True")],
+                            cwd=REPO, env=ENV, capture_output=True, text=True)
+    assert result.returncode == 2 and "reward.shuffle" in result.stderr
     # settings that do not define the run (here the learning rate) may change between stages
     result = subprocess.run([sys.executable, "-m", "b2diffurl.plan", *_flags(tiny_config, "--config.train.learning_rate",
                                                                              "0.001")], cwd=REPO, env=ENV,
