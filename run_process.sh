@@ -5,7 +5,7 @@
 #
 # CONFIG defaults to config/stage_process.py; the extra flags go to every script. The stage
 # index is the only thing this loop decides: split step, seed, folders and the checkpoint to
-# resume from are derived from it by b2diffurl.stages.plan_stage. Each stage's output goes to
+# resume from are derived from it by b2diffurl.stage.plan.plan_stage. Each stage's output goes to
 # log/{exp_name}/stage{k}.log as well as the terminal. The loop stops at the first failure.
 # Rerunning the same command continues after the last completed stage (one with a COMPLETE
 # marker); an interrupted stage is redone from its start, earlier stages are left untouched.
@@ -32,10 +32,15 @@ LAUNCH=${LAUNCH:-$PYTHON}
 ARGS=(--config "$CONFIG" "$@")
 
 # Checks the config and that the models can be had, before anything runs.
-plan=$($PYTHON -m b2diffurl.plan "${ARGS[@]}" layout)
-read -r first_stage num_stages eval_every log_dir run_dir <<<"${plan%%$'\n'*}"
+# Its first lines name the run's layout (first_stage=3, ...), an empty line, then the stage table.
+plan=$($PYTHON -m b2diffurl.stage.plan "${ARGS[@]}" layout)
+while IFS='=' read -r name value && [[ -n $name ]]; do
+  case $name in
+    first_stage | num_stages | eval_every | log_dir | run_dir) printf -v "$name" '%s' "$value" ;;
+  esac
+done <<<"$plan"
 mkdir -p "$log_dir"
-echo "${plan#*$'\n'}" | tee "$log_dir/plan.txt"
+echo "${plan#*$'\n\n'}" | tee "$log_dir/plan.txt"
 if ((first_stage >= num_stages)); then
   echo "=== all $num_stages stages are complete already"
 elif ((first_stage > 0)); then
@@ -53,7 +58,7 @@ for ((stage = first_stage; stage < num_stages; stage++)); do
   done
   if ((eval_every > 0 && ((stage + 1) % eval_every == 0 || stage == num_stages - 1))); then
     echo "=== stage $stage/$num_stages: evaluation on held-out prompts" | tee -a "$log_file"
-    $PYTHON -m b2diffurl.evaluate "${ARGS[@]}" --stage "$stage" 2>&1 | tee -a "$log_file"
+    $PYTHON -m b2diffurl.analysis.evaluate "${ARGS[@]}" --stage "$stage" 2>&1 | tee -a "$log_file"
   fi
   elapsed=$((SECONDS - run_started))
   remaining=$((elapsed * (num_stages - stage - 1) / (stage + 1 - first_stage)))
@@ -61,6 +66,6 @@ for ((stage = first_stage; stage < num_stages; stage++)); do
     | tee -a "$log_file"
 done
 echo "=== all $num_stages stages done ($((SECONDS - run_started))s this time); outputs and stage{k}/metrics.jsonl in $run_dir"
-$PYTHON -m b2diffurl.summary "$run_dir" | tee "$log_dir/summary.txt"
+$PYTHON -m b2diffurl.analysis.stage_table "$run_dir" | tee "$log_dir/summary.txt"
 # The picture of the run needs matplotlib (requirements-extras.txt); the run does not.
-$PYTHON -m b2diffurl.report "$run_dir" || echo "(no report.png: see the line above)"
+$PYTHON -m b2diffurl.analysis.curves "$run_dir" || echo "(no report.png: see the line above)"

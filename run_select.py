@@ -1,21 +1,12 @@
-"""Step 2 of a stage: reward, per-prompt normalisation, best/worst selection -> stage{k}/sample_stage.pkl
+"""Step 2 of a stage: reward, per-prompt normalisation, best/worst selection.
 
     python run_select.py --config config/tiny.py --config.stage 0
 
-The stage index decides split step, seed, folders and the checkpoint to resume from
-(b2diffurl.stages.plan_stage). run_process.sh calls the three scripts for every stage.
+Reads stage{k}/sample.pkl and images.pt; writes stage{k}/sample_stage.pkl and history.json
+(b2diffurl.stage.select).
 """
 
 from b2diffurl import cli
 
-
-def main(config) -> None:
-    from b2diffurl import workflow  # after the checks: bad input is refused before torch loads
-    from b2diffurl.logs import setup_logging
-
-    setup_logging()
-    workflow.select_stage(config)
-
-
 if __name__ == "__main__":
-    cli.main(main)
+    cli.run_stage_script("select")

@@ -1,21 +1,10 @@
-"""Step 3 of a stage: clipped policy-gradient update of the LoRA -> stage{k}/checkpoints/
+"""Step 3 of a stage: the clipped policy-gradient update of the LoRA -> stage{k}/checkpoints/,
+then the stage's COMPLETE marker (b2diffurl.stage.train).
 
     python run_train.py --config config/tiny.py --config.stage 0
-
-The stage index decides split step, seed, folders and the checkpoint to resume from
-(b2diffurl.stages.plan_stage). run_process.sh calls the three scripts for every stage.
 """
 
 from b2diffurl import cli
 
-
-def main(config) -> None:
-    from b2diffurl import workflow  # after the checks: bad input is refused before torch loads
-    from b2diffurl.logs import setup_logging
-
-    setup_logging()
-    workflow.train_stage(config)
-
-
 if __name__ == "__main__":
-    cli.main(main)
+    cli.run_stage_script("train")

@@ -1,28 +1,34 @@
-"""What the three scripts share: the config flag, up-front checks, one-line errors."""
+"""The command-line layer, and the only module that knows of one: every command's --config flag,
+the checks made before anything loads, and one-line errors with their exit codes.
+
+Each command parses its own set of flags (`flag_values()`), so that any two command modules
+import together and each command's work stays a plain function callable from Python."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
 import sys
-from typing import Callable
+from typing import Callable, Sequence
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-CONFIG = config_flags.DEFINE_config_file(
-    "config", "config/stage_process.py", "ml_collections config file; override fields as --config.key value"
-)
+from b2diffurl.errors import EXIT_CODES, UserError
+
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
 
-class UserError(Exception):
-    """A problem the user can fix (bad config, missing model or file): one line, exit code 2."""
-
-
-# Errors a script reports as one line (no traceback), by class name, with their exit codes;
-# named rather than imported so that the checks run before torch is imported.
-ONE_LINE_ERRORS = {"UserError": 2, "SampleFileError": 2, "NonFiniteWeightsError": 1}
+def flag_values(with_config: bool = True) -> flags.FlagValues:
+    """A new set of flags holding --help and (if `with_config`) --config: a command adds its own."""
+    values = flags.FlagValues()
+    flags.DEFINE_bool("help", False, "show the flags and exit", short_name="h", flag_values=values)
+    if not with_config:
+        return values
+    config_flags.DEFINE_config_file("config", "config/stage_process.py",
+                                    "ml_collections config file; override fields as --config.key value",
+                                    flag_values=values)
+    return values
 
 
 def _require(condition: bool, key: str, allowed: str, value) -> None:
@@ -32,7 +38,9 @@ def _require(condition: bool, key: str, allowed: str, value) -> None:
 
 def check_config(config) -> None:
     """Refuse an inconsistent config before anything is loaded."""
-    from b2diffurl import prompts, rewards, selection  # late: keeps `plan` light when it fails early
+    # late: keeps `plan` light when it fails early
+    from b2diffurl.method import selection
+    from b2diffurl.models import prompts, rewards
 
     num_steps = config.sample.num_steps
     _require(num_steps >= 1, "sample.num_steps", "an integer >= 1", num_steps)
@@ -68,47 +76,15 @@ def check_config(config) -> None:
     prompts.load_prompts(config.prompt_file)  # raises UserError naming the file
 
 
-def run_script(body: Callable, positional: bool = False, continues_run: bool = True) -> Callable:
-    """absl main for a script: check the config, that the models can be had and (if
-    `continues_run`) that the config continues the run it names, then run
-    `body(config, *args)`. A UserError or a bad sample file becomes one line on stderr and exit
-    code 2; a diverged LoRA one line and exit code 1."""
-
-    def main(argv):
-        if len(argv) > 1 and not positional:
-            raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
-        config = CONFIG.value
-        try:
-            config.to_dict()
-        except OSError as error:  # ml_collections reports a config file it could not load late
-            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-            raise UserError(f"cannot load the config file: {lines[-1]}") from None
-        check_config(config)
-        from b2diffurl.hub import check_models_available
-        from b2diffurl.resume import check_continuation
-
-        check_models_available(config)
-        if continues_run:
-            check_continuation(config, record=False)
-        body(config, *argv[1:])
-
-    def guarded(argv):
-        try:
-            main(argv)
-        except Exception as error:
-            code = ONE_LINE_ERRORS.get(type(error).__name__)
-            if code is None:
-                raise
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(code)
-
-    return guarded
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing, with a bad flag or config key as one line and exit code 2."""
+def parse_flags(values: flags.FlagValues, argv: Sequence[str]) -> list[str]:
+    """Parse `argv` (program name first) into `values`; a bad flag or config key is one line
+    and exit code 2, --help prints the flags and exits 0. Returns the positional arguments."""
     try:
-        return flags.FLAGS(argv)
+        rest = values(list(argv))[1:]
+        if "help" in values and values["help"].value:
+            print(values.get_help())
+            sys.exit(0)
+        return rest
     except AttributeError as error:  # ml_collections: a key the config does not have
         key = str(error).strip("\"'")
         message = f"unknown config key {key!r} (config/base.py lists the keys)"
@@ -118,7 +94,51 @@ def _parse_flags(argv: list[str]) -> list[str]:
     sys.exit(2)
 
 
-def main(body: Callable, positional: bool = False, continues_run: bool = True) -> None:
-    """Entry point of a script: parse flags, check, run `body(config, ...)` (see run_script).
-    `continues_run=False` for tools that only read a run (generate, evaluate)."""
-    app.run(run_script(body, positional, continues_run), flags_parser=_parse_flags)
+def load_config(values: flags.FlagValues, continues_run: bool = True):
+    """The parsed --config, checked: its values, that its models can be had and (if
+    `continues_run`) that it continues the run it names. UserError else."""
+    try:
+        config = values["config"].value
+        config.to_dict()
+    except OSError as error:  # ml_collections reports a config file it could not load late
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        raise UserError(f"cannot load the config file: {lines[-1]}") from None
+    check_config(config)
+    from b2diffurl.models.hub import check_models_available
+    from b2diffurl.stage.resume import check_continuation
+
+    check_models_available(config)
+    if continues_run:
+        check_continuation(config, record=False)
+    return config
+
+
+def run(values: flags.FlagValues, body: Callable, argv: Sequence[str] | None = None, *, positional: bool = False,
+        continues_run: bool = True):
+    """A command: parse `argv` (default sys.argv) into `values`, load and check the config (see
+    load_config; `continues_run=False` for commands that only read a run), then return
+    `body(config, *positional arguments)`. An error of errors.EXIT_CODES becomes one line on
+    stderr and its exit code."""
+    rest = parse_flags(values, sys.argv if argv is None else argv)
+    try:
+        if rest and not positional:
+            raise UserError(f"unexpected arguments: {' '.join(rest)}")
+        return body(load_config(values, continues_run), *rest)
+    except tuple(EXIT_CODES) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(EXIT_CODES[type(error)])
+
+
+def run_stage_script(step: str) -> None:
+    """The whole of run_{step}.py for step "sample", "select" or "train": parse the flags,
+    check the config, then run b2diffurl.stage.{step}.{step}_stage(config). The stage module is
+    imported after the checks, so that bad input is refused before torch loads."""
+    import importlib
+
+    def body(config):
+        from b2diffurl.logs import setup_logging
+
+        setup_logging()
+        getattr(importlib.import_module(f"b2diffurl.stage.{step}"), f"{step}_stage")(config)
+
+    run(flag_values(), body)

@@ -1,6 +1,7 @@
 """Atomic file writes: write to a temporary name in the same folder, fsync, rename over the target.
 
-A reader (or a resumed run) sees the old file or the new one, never half of one.
+A reader (or a resumed run) sees the old file or the new one, never half of one. REPO is the
+repository's root, where the configs and prompt files live.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ import json
 import os
 import tempfile
 from typing import IO, Callable
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:

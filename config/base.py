@@ -62,7 +62,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # ---- reward ----
     config.reward = reward = ml_collections.ConfigDict()
-    reward.name = "clip_score"  # key of b2diffurl.rewards.REWARDS, or a function as "package.module:function"
+    reward.name = "clip_score"  # key of b2diffurl.models.rewards.REWARDS, or a function as "package.module:function"
     reward.model = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"  # CLIP of clip_score, pickscore, aesthetic
     reward.processor = ""  # CLIPProcessor; "" = reward.model's (pickscore: laion/CLIP-ViT-H-14-laion2B-s32B-b79K)
     reward.aesthetic_weights = ""  # aesthetic: local .pth/.pt/.safetensors state dict of the LAION aesthetic MLP
@@ -75,8 +75,8 @@ def get_config() -> ml_collections.ConfigDict:
     evaluation.history_cnt = 8  # H, earlier stages whose per-prompt scores are pooled with this stage's to normalise
     evaluation.pos_threshold = 0.5  # rho+, best branch kept if its advantage >= this
     evaluation.neg_threshold = -0.5  # rho-, worst branch kept if its advantage < this
-    evaluation.selection = "best_worst"  # key of b2diffurl.selection.SELECTIONS ("all": DDPO)
-    evaluation.prompt_file = "config/prompt/template1_test.json"  # held-out prompts for b2diffurl.evaluate
+    evaluation.selection = "best_worst"  # key of b2diffurl.method.selection.SELECTIONS ("all": DDPO)
+    evaluation.prompt_file = "config/prompt/template1_test.json"  # held-out prompts for b2diffurl.analysis.evaluate
     evaluation.num_images_per_prompt = 8  # images per held-out prompt
     evaluation.max_prompts = 0  # evaluate the first this many prompts of the file; 0: all
     evaluation.every = 10  # run_process.sh evaluates after every this many stages and the last; 0: never

@@ -12,7 +12,7 @@ from config import stage_process
 
 def ddpo_overrides(config) -> dict:
     """The changes (flattened keys) that turn a B2-DiffuRL config into its DDPO-style baseline
-    with the same number of sampled images a stage (b2diffurl.compare uses them too)."""
+    with the same number of sampled images a stage (b2diffurl.analysis.compare uses them too)."""
     steps = config.sample.num_steps
     return {"num_branches": 1, "stages.split_step_min": steps, "stages.split_step_max": steps,
             "sample.num_batches_per_stage": config.sample.num_batches_per_stage * config.num_branches,

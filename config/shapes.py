@@ -4,7 +4,7 @@ K = 8 branches of 8 prompts x 8 batches (512 images a stage), s from 8 to 10 of 
 10 stages (an early branch point: the layout of a scene is set in the first steps), LoRA rank 8 on the attention and feed-forward layers, lr 1e-3, clip range 0.2.
 
     bash run_process.sh config/shapes.py
-    python -m b2diffurl.compare --config config/shapes.py     # against the DDPO-style baseline
+    python -m b2diffurl.analysis.compare --config config/shapes.py     # against the DDPO-style baseline
 """
 
 from config import tiny

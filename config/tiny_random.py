@@ -3,7 +3,7 @@
 The tests run on this preset: a random model has nothing to align, so it shows branching,
 selection, training and resuming, not learning (config/tiny.py is the demo that learns).
 
-The model is built by b2diffurl.tiny into model/tiny-sd on first use. The reward,
+The model is built by b2diffurl.world.random_model into model/tiny-sd on first use. The reward,
 colour_match, needs no weights: how close the image's pixels are to the colour the prompt
 names. T = 10, s from 4 to 8 over 3 stages, B = 4 x 2 batches, K = 4: 32 images a stage.
 

@@ -12,7 +12,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> str:
     """A tiny SD-architecture pipeline saved as a diffusers folder."""
-    from b2diffurl.tiny import save_tiny_pipeline
+    from b2diffurl.world.random_model import save_tiny_pipeline
 
     return save_tiny_pipeline(str(tmp_path_factory.mktemp("models") / "tiny-sd"))
 

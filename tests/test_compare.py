@@ -1,12 +1,12 @@
-"""b2diffurl.compare's pure parts: the baseline's image budget, the table and plot from run folders."""
+"""b2diffurl.analysis.compare's pure parts: the baseline's image budget, the table and plot from run folders."""
 
 import json
 import os
 
 import pytest
 
-from b2diffurl import compare
-from b2diffurl.shapes import HELD_OUT_TWO_OBJECTS
+from b2diffurl.analysis import compare
+from b2diffurl.world.shapes import HELD_OUT_TWO_OBJECTS
 from config import baseline, shapes
 
 
@@ -58,9 +58,10 @@ def test_rows_table_and_plot_from_the_runs_evaluations(tmp_path):
 
 
 def test_paired_counts_against_the_base_and_the_results_file(tmp_path):
-    from b2diffurl.prompts import load_prompts
-    from b2diffurl.shapes import prompt_groups
     from conftest import REPO
+
+    from b2diffurl.models.prompts import load_prompts
+    from b2diffurl.world.shapes import prompt_groups
 
     captions = load_prompts(os.path.join(REPO, "config", "prompt", "shapes", "test.json"))
     two = [c for c in captions if HELD_OUT_TWO_OBJECTS in prompt_groups(c)][:3]

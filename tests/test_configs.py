@@ -4,13 +4,23 @@ import os
 
 import pytest
 import torch
-
-from b2diffurl.cli import UserError, check_config
-from b2diffurl.samples import load_samples
-from b2diffurl.stages import plan_stage
 from conftest import REPO
-from config import (base, baseline, shapes, shapes_scale, stage_process, template2_colour_fruit,
-                    template3_object_place, tiny, tiny_random)
+
+from b2diffurl.cli import check_config
+from b2diffurl.errors import UserError
+from b2diffurl.stage.plan import plan_stage
+from b2diffurl.stage.sample_file import load_samples
+from config import (
+    base,
+    baseline,
+    shapes,
+    shapes_scale,
+    stage_process,
+    template2_colour_fruit,
+    template3_object_place,
+    tiny,
+    tiny_random,
+)
 
 
 @pytest.mark.parametrize("module", [base, stage_process, baseline, template2_colour_fruit, template3_object_place,
@@ -68,7 +78,8 @@ def test_bad_values_are_user_errors_naming_the_key(key, value):
 def test_baseline_stage_on_the_tiny_model_selects_every_sample(tiny_config, tmp_path):
     import json
 
-    from b2diffurl import workflow
+    from b2diffurl.stage.sample import sample_stage
+    from b2diffurl.stage.select import select_stage
 
     # Two prompts, so that each has several scores to normalise against (one score has no
     # sample standard deviation, and is never selected).
@@ -77,8 +88,8 @@ def test_baseline_stage_on_the_tiny_model_selects_every_sample(tiny_config, tmp_
     tiny_config.num_branches = 1
     tiny_config.stages.split_step_min = tiny_config.stages.split_step_max = tiny_config.sample.num_steps
     tiny_config.eval.selection = "all"
-    workflow.sample_stage(tiny_config)
-    workflow.select_stage(tiny_config)
+    sample_stage(tiny_config)
+    select_stage(tiny_config)
     paths = plan_stage(tiny_config).paths
     samples = load_samples(paths.samples)
     selected = load_samples(paths.selected, selected=True)
@@ -96,15 +107,16 @@ def test_the_shapes_demo_runs_on_the_shipped_model_with_the_exact_reward():
 
 
 def test_the_shuffled_reward_control_permutes_each_stages_rewards(tiny_config):
-    from b2diffurl import workflow
     from b2diffurl.files import read_json
+    from b2diffurl.stage.sample import sample_stage
+    from b2diffurl.stage.select import select_stage
 
     histories = []
     for shuffle in (False, True):
         tiny_config.reward.shuffle = shuffle
         tiny_config.exp_name = f"shuffle_{shuffle}"
-        workflow.sample_stage(tiny_config)
-        workflow.select_stage(tiny_config)
+        sample_stage(tiny_config)
+        select_stage(tiny_config)
         histories.append(read_json(plan_stage(tiny_config).paths.history)["scores"])
     plain, shuffled = ({p: v["0"] for p, v in h.items()} for h in histories)
     flat = lambda h: sorted(s for v in h.values() for s in v)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from b2diffurl.ddim import ddim_step, ddim_step_mean_std, ddim_step_with_log_prob, gaussian_log_prob
+from b2diffurl.method.ddim import ddim_step, ddim_step_mean_std, ddim_step_with_log_prob, gaussian_log_prob
 
 SD_SCHEDULER = dict(  # the scheduler_config.json of Stable Diffusion v1.4
     beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,

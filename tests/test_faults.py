@@ -12,13 +12,16 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 from safetensors.torch import load_file
 
-from b2diffurl import rewards, workflow
 from b2diffurl.logs import read_run_metrics
-from b2diffurl.samples import load_samples
-from b2diffurl.stages import plan_stage
-from conftest import REPO
+from b2diffurl.models import rewards
+from b2diffurl.stage.plan import plan_stage
+from b2diffurl.stage.sample import sample_stage
+from b2diffurl.stage.sample_file import load_samples
+from b2diffurl.stage.select import select_stage
+from b2diffurl.stage.train import train_stage
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -82,9 +85,9 @@ def test_killed_scripts_resume_to_the_uninterrupted_result(tiny_config, tmp_path
     reference.stages.num_stages = 2
     for stage in range(2):
         reference.stage = stage
-        workflow.sample_stage(reference)
-        workflow.select_stage(reference)
-        workflow.train_stage(reference)
+        sample_stage(reference)
+        select_stage(reference)
+        train_stage(reference)
 
     process = ["bash", "run_process.sh", *_flags(tiny_config)]
     run = os.path.join(tiny_config.save_path, "tiny_random")
@@ -166,7 +169,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_config, tmp_path, 
 
 def test_a_truncated_sample_file_is_refused_with_one_line(tiny_config):
     tiny_config.stages.num_stages = 2
-    workflow.sample_stage(tiny_config)
+    sample_stage(tiny_config)
     path = plan_stage(tiny_config).paths.samples
     with open(path, "rb") as f:
         data = f.read()
@@ -179,10 +182,10 @@ def test_a_truncated_sample_file_is_refused_with_one_line(tiny_config):
 
 
 def test_a_sample_file_from_another_setting_is_refused(tiny_config):
-    workflow.sample_stage(tiny_config)
+    sample_stage(tiny_config)
     tiny_config.split_step = 3  # the sample file was made with s = 4
     with pytest.raises(Exception, match="split_step"):
-        workflow.select_stage(tiny_config)
+        select_stage(tiny_config)
 
 
 def test_non_finite_rewards_are_dropped_and_counted(tiny_config, monkeypatch):
@@ -194,8 +197,8 @@ def test_non_finite_rewards_are_dropped_and_counted(tiny_config, monkeypatch):
     tiny_config.reward.name = "half_nan"
     tiny_config.reward.batch_size = 64
     tiny_config.eval.pos_threshold = tiny_config.eval.neg_threshold = 0.0  # select in every group
-    workflow.sample_stage(tiny_config)
-    workflow.select_stage(tiny_config)
+    sample_stage(tiny_config)
+    select_stage(tiny_config)
     select = [m for m in read_run_metrics(os.path.join(tiny_config.save_path, "tiny_random")) if m["event"] == "select"][0]
     assert select["num_nonfinite_rewards"] == 16 and np.isfinite(select["reward_mean"])
     selected = load_samples(plan_stage(tiny_config).paths.selected, selected=True)
@@ -205,7 +208,7 @@ def test_non_finite_rewards_are_dropped_and_counted(tiny_config, monkeypatch):
 
 def test_continuing_a_run_with_a_run_defining_setting_changed_is_refused(tiny_config):
     tiny_config.stages.num_stages = 2  # as _flags says
-    workflow.sample_stage(tiny_config)  # the run now exists, made with T = 10
+    sample_stage(tiny_config)  # the run now exists, made with T = 10
     run = os.path.join(tiny_config.save_path, "tiny_random")
     before = _tree_digest(run)
     result = subprocess.run([sys.executable, "run_sample.py", *_flags(tiny_config, "--config.sample.num_steps", "12")],
@@ -213,11 +216,11 @@ def test_continuing_a_run_with_a_run_defining_setting_changed_is_refused(tiny_co
     assert result.returncode == 2 and "sample.num_steps" in result.stderr and "new exp_name" in result.stderr
     assert _tree_digest(run) == before
     # a shuffled-reward control is another run, not a continuation of this one
-    result = subprocess.run([sys.executable, "-m", "b2diffurl.plan", *_flags(tiny_config, "--config.reward.shuffle=True")],
+    result = subprocess.run([sys.executable, "-m", "b2diffurl.stage.plan", *_flags(tiny_config, "--config.reward.shuffle=True")],
                             cwd=REPO, env=ENV, capture_output=True, text=True)
     assert result.returncode == 2 and "reward.shuffle" in result.stderr
     # settings that do not define the run (here the learning rate) may change between stages
-    result = subprocess.run([sys.executable, "-m", "b2diffurl.plan", *_flags(tiny_config, "--config.train.learning_rate",
+    result = subprocess.run([sys.executable, "-m", "b2diffurl.stage.plan", *_flags(tiny_config, "--config.train.learning_rate",
                                                                              "0.001")], cwd=REPO, env=ENV,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

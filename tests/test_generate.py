@@ -8,14 +8,22 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 from PIL import Image
 
-from b2diffurl.checkpoint import save_checkpoint
-from b2diffurl.evaluation import mean_pairwise_distance, paired_change, pixel_embeddings, summarise, wilson_interval
-from b2diffurl.pipeline import load_pipeline, lora_parameters
-from b2diffurl.sampler import generate_images, image_seed
-from conftest import REPO
+from b2diffurl.analysis.generate import generate_images
+from b2diffurl.analysis.metrics import (
+    mean_pairwise_distance,
+    paired_change,
+    pixel_embeddings,
+    summarise,
+    wilson_interval,
+)
+from b2diffurl.method.branch_sampling import sub_seed
+from b2diffurl.method.update import lora_parameters
+from b2diffurl.models.checkpoint import save_checkpoint
+from b2diffurl.models.pipeline import load_pipeline
 
 PROMPTS = ["a red apple", "a blue plum"]
 
@@ -42,13 +50,13 @@ def _diffusers_images(model_dir, lora=None):
     if lora:
         pipe.load_lora_weights(lora)
     out = pipe(PROMPTS, num_images_per_prompt=3, num_inference_steps=8, guidance_scale=5.0, eta=0.0,
-               generator=[torch.Generator().manual_seed(image_seed(7, i)) for i in range(3 * len(PROMPTS))],
+               generator=[torch.Generator().manual_seed(sub_seed(7, i, wide=True)) for i in range(3 * len(PROMPTS))],
                output_type="np").images
     return np.round(out * 255).astype(np.int16)
 
 
 def test_lora_images_equal_plain_diffusers_after_load_lora_weights(tiny_config, tiny_model_dir, trained_lora):
-    from b2diffurl.checkpoint import load_lora
+    from b2diffurl.models.checkpoint import load_lora
 
     pipe = load_pipeline(tiny_config, torch.device("cpu"))
     load_lora(pipe.unet, trained_lora)
@@ -75,7 +83,7 @@ def test_generated_images_do_not_depend_on_the_batch_size(tiny_config):
 def test_generate_command_writes_images_and_a_grid(tiny_config, trained_lora, tmp_path):
     out = tmp_path / "generated"
     result = subprocess.run(
-        [sys.executable, "-m", "b2diffurl.generate", "--config", "config/tiny_random.py",
+        [sys.executable, "-m", "b2diffurl.analysis.generate", "--config", "config/tiny_random.py",
          "--config.pretrained.model", tiny_config.pretrained.model, "--config.pretrained.build_tiny=False",
          "--lora", trained_lora, "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--num-images", "3",
          "--eta", "0", "--out", str(out)],
@@ -141,7 +149,7 @@ def test_success_rates_per_group_with_wilson_intervals():
 def test_evaluate_command_reports_base_and_lora(tiny_config, trained_lora, tmp_path):
     out = tmp_path / "report.json"
     result = subprocess.run(
-        [sys.executable, "-m", "b2diffurl.evaluate", "--config", "config/tiny_random.py",
+        [sys.executable, "-m", "b2diffurl.analysis.evaluate", "--config", "config/tiny_random.py",
          "--config.pretrained.model", tiny_config.pretrained.model, "--config.pretrained.build_tiny=False",
          "--config.eval.max_prompts", "3", "--lora", trained_lora, "--num-images", "2", "--out", str(out)],
         cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True)
@@ -156,7 +164,7 @@ def test_evaluate_command_reports_base_and_lora(tiny_config, trained_lora, tmp_p
 def test_evaluate_reports_success_rates_per_group_for_the_shapes_reward(tiny_config, tmp_path):
     out = tmp_path / "report.json"
     result = subprocess.run(
-        [sys.executable, "-m", "b2diffurl.evaluate", "--config", "config/tiny_random.py",
+        [sys.executable, "-m", "b2diffurl.analysis.evaluate", "--config", "config/tiny_random.py",
          "--config.pretrained.model", tiny_config.pretrained.model, "--config.pretrained.build_tiny=False",
          "--config.reward.name", "shapes", "--prompt-file", "config/prompt/shapes/test.json",
          "--config.eval.max_prompts", "4", "--num-images", "2", "--out", str(out)],

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from b2diffurl.loss import clipped_pg_loss, weighted_advantages
+from b2diffurl.method.loss import clipped_pg_loss, weighted_advantages
 
 LOG15, LOG05 = math.log(1.5), math.log(0.5)
 

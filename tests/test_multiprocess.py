@@ -11,11 +11,11 @@ import subprocess
 import sys
 
 import torch
+from conftest import REPO
 from safetensors.torch import load_file
 
 from b2diffurl.logs import read_metrics
-from b2diffurl.samples import concatenate, load_samples
-from conftest import REPO
+from b2diffurl.stage.sample_file import concatenate, load_samples
 
 SCRIPTS = ("run_sample.py", "run_select.py", "run_train.py")
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",

@@ -6,10 +6,10 @@ import os
 import numpy as np
 import pytest
 import torch
-
-from b2diffurl.cli import UserError
-from b2diffurl.prompts import choose_prompts, encode_prompts, load_prompts
 from conftest import REPO
+
+from b2diffurl.errors import UserError
+from b2diffurl.models.prompts import choose_prompts, encode_prompts, load_prompts
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "config", "prompt", "**", "*.json"),
@@ -71,7 +71,7 @@ def test_an_embedding_does_not_depend_on_the_other_prompts_of_the_call(tiny_mode
 
 @pytest.mark.parametrize("folder, max_length", [("", 77), ("shapes", 16)])
 def test_every_word_of_the_prompt_files_is_one_token_of_the_project_tokenizer(folder, max_length):
-    from b2diffurl.tiny import PROMPT_DIR, make_tokenizer
+    from b2diffurl.world.random_model import PROMPT_DIR, make_tokenizer
 
     prompt_dir = os.path.join(PROMPT_DIR, folder)
     tokenizer = make_tokenizer(prompt_dir, max_length)

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from b2diffurl.report import collect, main
+from b2diffurl.analysis.curves import collect, main
 
 
 def write_lines(path, records):

@@ -7,12 +7,14 @@ import sys
 import numpy as np
 import pytest
 import torch
-
-from b2diffurl import rewards
-from b2diffurl.cli import UserError, check_config
-from b2diffurl.rewards import COLOURS, REWARDS, build_reward, prompt_colour, score_images
-from config import base, tiny_random as tiny
 from conftest import REPO
+
+from b2diffurl.cli import check_config
+from b2diffurl.errors import UserError
+from b2diffurl.models import rewards
+from b2diffurl.models.rewards import COLOURS, REWARDS, build_reward, prompt_colour, score_images
+from config import base
+from config import tiny_random as tiny
 
 PROMPTS = ["a red apple", "a blue plum", "a green pear"]
 
@@ -45,7 +47,7 @@ def clip_dir(tiny_model_dir, tmp_path_factory):
 def _save_clip(tiny_model_dir, directory):
     from transformers import CLIPTokenizer
 
-    from b2diffurl.tiny import save_tiny_clip
+    from b2diffurl.world.random_model import save_tiny_clip
 
     return save_tiny_clip(str(directory), CLIPTokenizer.from_pretrained(f"{tiny_model_dir}/tokenizer"))
 
@@ -274,9 +276,8 @@ def test_required_models_lists_what_model_rewards_load():
 
 
 def test_a_custom_reward_runs_a_stage_through_the_three_scripts(tiny_config):
+    from b2diffurl.stage.sample_file import load_samples
     from examples.my_reward import brightness
-
-    from b2diffurl.samples import load_samples
 
     flags = ["--config", "config/tiny_random.py", "--config.pretrained.model", tiny_config.pretrained.model,
              "--config.pretrained.build_tiny=False", "--config.save_path", tiny_config.save_path,

@@ -3,11 +3,11 @@
 import torch
 from diffusers import StableDiffusionPipeline
 
-from b2diffurl.ddim import ddim_step_with_log_prob
-from b2diffurl.guidance import guided_noise
-from b2diffurl.pipeline import load_pipeline
-from b2diffurl.prompts import encode_prompts
-from b2diffurl.sampler import sample_branches
+from b2diffurl.method.branch_sampling import latent_shape, sample_branches
+from b2diffurl.method.ddim import ddim_step_with_log_prob
+from b2diffurl.method.guidance import guided_noise
+from b2diffurl.models.pipeline import load_pipeline
+from b2diffurl.models.prompts import encode_prompts
 
 PROMPTS = ["a red apple", "a blue plum", "a green pear"]
 
@@ -16,7 +16,7 @@ def _sample(pipe, num_steps, branch_point, num_branches, seed=0, eta=1.0, chunk_
     embeds = encode_prompts(pipe.tokenizer, pipe.text_encoder, PROMPTS)
     negative = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""])
     unet = pipe.unet
-    shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    shape = latent_shape(unet)
     out = sample_branches(
         unet, pipe.scheduler, embeds, negative, num_steps=num_steps, branch_point=branch_point,
         num_branches=num_branches, eta=eta, guidance_scale=5.0, latent_shape=shape,
@@ -33,8 +33,8 @@ def test_branches_share_the_prefix_bit_for_bit_and_differ_after(tiny_config):
     n = len(PROMPTS) * k
     assert out["latents"].shape == (n, s + 1, 4, 8, 8)
     assert out["log_probs"].shape == out["timesteps"].shape == (n, s)
-    assert torch.equal(out["group"], torch.arange(3).repeat_interleave(k))
-    assert torch.equal(out["branch"], torch.arange(k).repeat(3))
+    assert torch.equal(out["group_id"], torch.arange(3).repeat_interleave(k))
+    assert torch.equal(out["branch_id"], torch.arange(k).repeat(3))
     assert torch.equal(out["timesteps"][0], pipe.scheduler.timesteps[branch_point:])
     x_b = out["latents"][:, 0].reshape(3, k, -1)
     assert torch.equal(x_b, x_b[:, :1].expand_as(x_b))  # shared prefix, exactly

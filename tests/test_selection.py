@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from b2diffurl.selection import SELECTIONS, select_all, select_best_worst
+from b2diffurl.method.selection import SELECTIONS, select_all, select_best_worst
 
 
 def best_worst(group_id, advantages, pos=0.5, neg=-0.5):

@@ -5,8 +5,18 @@ import itertools
 import numpy as np
 import pytest
 
-from b2diffurl import shapes
-from b2diffurl.shapes import COLOURS, RELATIONS, SHAPES, Caption, check, parse_caption, partial_score, render, score
+from b2diffurl.world import shapes
+from b2diffurl.world.shapes import (
+    COLOURS,
+    RELATIONS,
+    SHAPES,
+    Caption,
+    check,
+    parse_caption,
+    partial_score,
+    render,
+    score,
+)
 
 ONE = [Caption(((c, s),)) for c in COLOURS for s in SHAPES]
 TWO = [Caption(((c1, s1), (c2, s2)), r) for (c1, s1), (c2, s2) in itertools.product(itertools.product(COLOURS, SHAPES),
@@ -78,7 +88,7 @@ def test_the_image_parser_reads_colour_shape_and_position_through_noise():
 
 
 def test_the_shapes_rewards_score_batches_through_the_registry():
-    from b2diffurl.rewards import build_reward, score_images
+    from b2diffurl.models.rewards import build_reward, score_images
     from config import base
 
     config = base.get_config().reward
@@ -124,8 +134,8 @@ def test_pretraining_saves_a_pipeline_that_loads_and_generates(tmp_path):
     import torch
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    from b2diffurl.sampler import generate_images
-    from b2diffurl.shapes_pretrain import pretrain
+    from b2diffurl.analysis.generate import generate_images
+    from b2diffurl.world.pretrain import pretrain
 
     out = str(tmp_path / "shapes-sd")
     record = pretrain(out, minutes=10.0, seed=0, batch_size=8, max_steps=2)  # two steps a phase

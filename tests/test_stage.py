@@ -7,11 +7,11 @@ import sys
 import time
 
 import torch
+from conftest import REPO
 from safetensors.torch import load_file
 
 from b2diffurl.logs import read_run_metrics
-from b2diffurl.samples import load_samples
-from conftest import REPO
+from b2diffurl.stage.sample_file import load_samples
 
 
 def _run(script, *flags, expect_rc=0):

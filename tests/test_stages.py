@@ -2,8 +2,9 @@
 
 import pytest
 
-from b2diffurl.stages import plan_stage, split_step_for_stage
-from config import base, tiny_random as tiny
+from b2diffurl.stage.plan import plan_stage, split_step_for_stage
+from config import base
+from config import tiny_random as tiny
 
 
 def test_reference_run_endpoints_and_boundaries():

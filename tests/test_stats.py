@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from b2diffurl.stats import new_history, normalise, record_stage
+from b2diffurl.method.statistics import new_history, normalise, record_stage
 
 
 def test_single_stage_sample_std():

@@ -6,14 +6,15 @@ import torch
 from accelerate import Accelerator
 from diffusers import StableDiffusionPipeline
 
-from b2diffurl.checkpoint import NonFiniteWeightsError, load_lora, save_checkpoint
-from b2diffurl.ddim import ddim_step_with_log_prob
-from b2diffurl.guidance import guided_noise
-from b2diffurl.pipeline import load_pipeline, lora_merged, lora_parameters
-from b2diffurl.prompts import encode_prompts
-from b2diffurl.sampler import sample_branches
-from b2diffurl.samples import subset
-from b2diffurl.trainer import TrainSettings, process_share, train_on_samples, update_schedule
+from b2diffurl.errors import NonFiniteWeightsError
+from b2diffurl.method.branch_sampling import sample_branches
+from b2diffurl.method.ddim import ddim_step_with_log_prob
+from b2diffurl.method.guidance import guided_noise
+from b2diffurl.method.update import TrainSettings, lora_parameters, process_share, train_on_samples, update_schedule
+from b2diffurl.models.checkpoint import load_lora, save_checkpoint
+from b2diffurl.models.pipeline import load_pipeline, lora_merged
+from b2diffurl.models.prompts import encode_prompts
+from b2diffurl.stage.sample_file import make_record, subset
 
 
 def _selected_record(pipe, advantages):
@@ -24,9 +25,7 @@ def _selected_record(pipe, advantages):
     out = sample_branches(pipe.unet, pipe.scheduler, embeds, negative, num_steps=6, branch_point=3, num_branches=2,
                           eta=1.0, guidance_scale=5.0, latent_shape=(4, 8, 8),
                           generator=torch.Generator().manual_seed(0))
-    record = {"prompts": [prompts[g] for g in out["group"].tolist()], "group_id": out["group"],
-              "branch_id": out["branch"], "timesteps": out["timesteps"], "latents": out["latents"],
-              "log_probs": out["log_probs"]}
+    record = make_record([out], [prompts[g] for g in out["group_id"].tolist()], meta={})
     adv = torch.tensor(advantages, dtype=torch.float32)
     return subset(record, torch.arange(4), advantages=adv, rewards=adv)
 
@@ -231,21 +230,21 @@ def test_fp16_loss_scale_is_carried_from_stage_to_stage(tiny_config, monkeypatch
     """Under fp16 the grad scaler's state is saved with the checkpoint and restored by the next
     stage (the release carries it in accelerate's state). accelerate makes a scaler only on a
     GPU; here a CPU GradScaler stands in, growing every step so that its scale moves."""
-    from b2diffurl import workflow
     from b2diffurl.logs import read_run_metrics
-
-    make_accelerator = workflow.make_accelerator
+    from b2diffurl.models.pipeline import make_accelerator
+    from b2diffurl.stage import sample, select, train
 
     def with_scaler(config):
         accelerator = make_accelerator(config)
         accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=1)
         return accelerator
 
-    monkeypatch.setattr(workflow, "make_accelerator", with_scaler)
+    for module in (sample, select, train):
+        monkeypatch.setattr(module, "make_accelerator", with_scaler)
     tiny_config.train.batch_size, tiny_config.train.gradient_accumulation_steps = 1, 1
     for stage in (0, 1):
         tiny_config.stage = stage
-        for step in (workflow.sample_stage, workflow.select_stage, workflow.train_stage):
+        for step in (sample.sample_stage, select.select_stage, train.train_stage):
             step(tiny_config)
     records = read_run_metrics(f"{tiny_config.save_path}/{tiny_config.exp_name}")
     first, second = [r for r in records if r["event"] == "train"]

@@ -13,7 +13,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from b2diffurl.tiny import assemble_pipeline, make_tokenizer
+from b2diffurl.world.random_model import assemble_pipeline, make_tokenizer
 
 
 def build(directory: str) -> None:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reference-size figures on one GPU without downloading anything: a random-weight model with the
 # SD v1.4 architecture (tools/build_sd_random.py; timings and memory are SD v1.4's, images noise).
-#  1. python -m b2diffurl.bench at B = 8, K = 5, T = 20, s = 14, CFG, fp16: the branch sampler
+#  1. python tools/bench.py at B = 8, K = 5, T = 20, s = 14, CFG, fp16: the branch sampler
 #     against a plain StableDiffusionPipeline and the trainer against a bare LoRA UNet
 #     forward+backward, timed alternately with warm-up excluded (the scripts' memory is part 2).
 #  2. One stage at the reference settings (config/stage_process.py, one sampling batch of
@@ -22,8 +22,8 @@ python3 -c "import torch, diffusers, transformers; print('torch', torch.__versio
 model=/tmp/sd-random
 [[ -d $model ]] || python3 tools/build_sd_random.py "$model"
 
-echo "=== 1. python -m b2diffurl.bench"
-python3 -m b2diffurl.bench --model "$model" --mixed_precision fp16 --num_branches 5 --repeats 3 --noscripts 2>&1 \
+echo "=== 1. python tools/bench.py"
+python3 tools/bench.py --model "$model" --mixed_precision fp16 --num_branches 5 --repeats 3 --noscripts 2>&1 \
   | grep -v -E "Processor|epoch" | tee "$out/bench.txt" || echo "(the benchmark failed; part 2 goes on)"
 
 echo "=== 2. one reference stage through the scripts"

@@ -10,7 +10,7 @@ of strings (indent=2, trailing newline):
 
 * config/prompt/extra/colour_fruit_{train,test}.json -- "a(n) [colour] [fruit/vegetable]",
   for the offline colour_match reward of config/tiny_random.py.
-* config/prompt/shapes/{train,test}.json -- the shapes world (b2diffurl.shapes): "a red circle",
+* config/prompt/shapes/{train,test}.json -- the shapes world (b2diffurl.world.shapes): "a red circle",
   "a blue square to the left of a green triangle"; test holds the held-out bindings and pairs.
 """
 
@@ -50,9 +50,9 @@ def colour_fruit():
 
 
 def shapes_world():
-    """Every shapes-world caption, to train or test by b2diffurl.shapes.split_of."""
+    """Every shapes-world caption, to train or test by b2diffurl.world.shapes.split_of."""
     sys.path.insert(0, REPO)
-    from b2diffurl.shapes import all_captions, split_of
+    from b2diffurl.world.shapes import all_captions, split_of
 
     train, test = [], []
     for caption in all_captions():

@@ -8,7 +8,7 @@ under autocast and with the plain UNet; the branch sampler with each; the VAE de
 of 8 and in one; the prompt encoding; writing the sample and image files; and the whole plain
 pipeline. Also the largest |log-prob| difference between sampling and training's recomputation,
 sampling with the LoRA merged into the weights and unmerged (a LoRA with random B stands in
-for a trained one). --quick: only the samplers, the log-prob check and the pipeline. python -m b2diffurl.bench gives the end-to-end ratios; this says what they are made of.
+for a trained one). --quick: only the samplers, the log-prob check and the pipeline. python tools/bench.py gives the end-to-end ratios; this says what they are made of.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ import time
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-from b2diffurl.ddim import ddim_step_with_log_prob
 from b2diffurl.files import atomic_torch_save
-from b2diffurl.guidance import guided_noise
-from b2diffurl.pipeline import load_pipeline, lora_merged, make_accelerator
-from b2diffurl.prompts import encode_prompts
-from b2diffurl.sampler import decode_images, sample_branches
+from b2diffurl.method.branch_sampling import decode_images, latent_shape, sample_branches
+from b2diffurl.method.ddim import ddim_step_with_log_prob
+from b2diffurl.method.guidance import guided_noise
+from b2diffurl.models.pipeline import load_pipeline, lora_merged, make_accelerator
+from b2diffurl.models.prompts import encode_prompts
 from config import tiny
 
 B, T, S = 8, 20, 14
@@ -67,7 +67,7 @@ def main() -> None:
     plain.scheduler = DDIMScheduler.from_config(plain.scheduler.config)
     plain.set_progress_bar_config(disable=True)
     unet = pipe.unet
-    c, h = unet.config.in_channels, unet.config.sample_size
+    c, h, _ = latent_shape(unet)
     dtype = unet.dtype
     embeds = encode_prompts(pipe.tokenizer, pipe.text_encoder, PROMPTS)
     negative = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""])
@@ -86,7 +86,7 @@ def main() -> None:
             def run():
                 with accelerator.autocast() if autocast else torch.autocast(device.type, enabled=False):
                     return sample_branches(network, pipe.scheduler, embeds, negative, num_steps=T, branch_point=T - S,
-                                           num_branches=k, eta=1.0, guidance_scale=5.0, latent_shape=(c, h, h),
+                                           num_branches=k, eta=1.0, guidance_scale=5.0, latent_shape=latent_shape(unet),
                                            generator=torch.Generator().manual_seed(0), chunk_size=B * k, dtype=dtype)
             return run
 

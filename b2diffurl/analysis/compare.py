@@ -1,10 +1,10 @@
 """B2-DiffuRL against its shuffled-reward control and the DDPO-style baseline at the same number
 of sampled images, side by side, on paired held-out images.
 
-    python -m b2diffurl.compare --config config/shapes.py                      # seed 0
-    python -m b2diffurl.compare --config config/shapes.py --seeds 0,1,2 --config.stages.num_stages 8
-    python -m b2diffurl.compare --config config/shapes.py --methods b2diffurl  # one side now
-    python -m b2diffurl.compare --config config/shapes.py --methods ''         # table and plot only
+    python -m b2diffurl.analysis.compare --config config/shapes.py                      # seed 0
+    python -m b2diffurl.analysis.compare --config config/shapes.py --seeds 0,1,2 --config.stages.num_stages 8
+    python -m b2diffurl.analysis.compare --config config/shapes.py --methods b2diffurl  # one side now
+    python -m b2diffurl.analysis.compare --config config/shapes.py --methods ''         # table and plot only
 
 For every seed and method, runs `bash run_process.sh CONFIG` (with the --config.key overrides
 given) into {out}/{method}_seed{n}: `b2diffurl` as the config says; `control`, the same with
@@ -26,16 +26,16 @@ import os
 import subprocess
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from b2diffurl.cli import CONFIG
-from b2diffurl.evaluation import mcnemar_chi2, paired_change
-from b2diffurl.files import atomic_write, atomic_write_json
-from b2diffurl.report import read_evaluations
-from b2diffurl.shapes import HELD_OUT_TWO_OBJECTS
+from b2diffurl import cli
+from b2diffurl.analysis.curves import read_evaluations
+from b2diffurl.analysis.metrics import mcnemar_chi2, paired_change
+from b2diffurl.errors import UserError
+from b2diffurl.files import REPO, atomic_write, atomic_write_json
+from b2diffurl.world.shapes import HELD_OUT_TWO_OBJECTS
 
 METHODS = ("b2diffurl", "control", "ddpo")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_overrides(config, method: str, seed: int, out: str) -> dict:
@@ -84,7 +84,7 @@ def _paired(base: dict | None, result: dict) -> dict:
     """Gained/lost held-out two-object images of `result` against the base on the same noise."""
     if not base or "scores" not in base or base.get("prompts") != result.get("prompts"):
         return {}
-    from b2diffurl.shapes import prompt_groups
+    from b2diffurl.world.shapes import prompt_groups
 
     rows = [i for i, p in enumerate(result["prompts"]) if HELD_OUT_TWO_OBJECTS in prompt_groups(p)]
     return paired_change(np.asarray(base["scores"])[rows], np.asarray(result["scores"])[rows])
@@ -131,7 +131,7 @@ def table(rows: list[dict]) -> str:
 
 def plot(rows: list[dict], path: str) -> None:
     """Success and diversity against images sampled: every seed thin, the mean over seeds bold."""
-    from b2diffurl.report import agg_figure
+    from b2diffurl.analysis.curves import agg_figure
 
     fig = agg_figure(figsize=(11, 4.2), layout="constrained")
     axes = fig.subplots(1, 2)
@@ -158,19 +158,15 @@ def plot(rows: list[dict], path: str) -> None:
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
 
 
-def main(argv) -> None:
-    from ml_collections import config_flags
-
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    unknown = set(RUN.value) - set(METHODS)
+def compare(config, config_file: str, overrides: dict, out: str, seeds: list[int], methods: list[str]) -> str:
+    """Run `methods` for every seed (each `bash run_process.sh config_file` with `overrides` and
+    the method's own), then write compare.json, results.json, compare.md and compare.png to
+    `out`; returns the table."""
+    unknown = set(methods) - set(METHODS)
     if unknown:
-        raise app.UsageError(f"--methods takes {', '.join(METHODS)}, got {', '.join(sorted(unknown))}")
-    config, out, seeds = CONFIG.value, OUT.value, [int(s) for s in SEEDS.value]
-    config_file = config_flags.get_config_filename(flags.FLAGS["config"])
-    overrides = config_flags.get_override_values(flags.FLAGS["config"])
+        raise UserError(f"--methods takes {', '.join(METHODS)}, got {', '.join(sorted(unknown))}")
     for seed in seeds:
-        for method in RUN.value:
+        for method in methods:
             changes = {**overrides, **run_overrides(config, method, seed, out)}
             command = ["bash", os.path.join(REPO, "run_process.sh"), config_file]
             command += [f"--config.{key}={value}" for key, value in changes.items()]
@@ -187,11 +183,26 @@ def main(argv) -> None:
     print(text)
     plot(rows, os.path.join(out, "compare.png"))  # needs matplotlib: one line and exit code 2 without it
     print(f"wrote {os.path.join(out, 'compare.md')} and compare.png")
+    return text
 
 
-if __name__ == "__main__":  # flags are defined only when run, so that the modules import together
-    SEEDS = flags.DEFINE_list("seeds", ["0"], "seeds; each runs both methods")
-    OUT = flags.DEFINE_string("out", "model/compare", "folder of the runs and the comparison")
-    RUN = flags.DEFINE_list("methods", list(METHODS),
-                           "which runs to make now ('' for none); the table holds every evaluation found")
-    app.run(main)
+FLAGS = cli.flag_values()
+SEEDS = flags.DEFINE_list("seeds", ["0"], "seeds; each runs both methods", flag_values=FLAGS)
+OUT = flags.DEFINE_string("out", "model/compare", "folder of the runs and the comparison", flag_values=FLAGS)
+RUN = flags.DEFINE_list("methods", list(METHODS),
+                        "which runs to make now ('' for none); the table holds every evaluation found", flag_values=FLAGS)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from ml_collections import config_flags
+
+    def body(config):
+        config_file = config_flags.get_config_filename(FLAGS["config"])
+        overrides = config_flags.get_override_values(FLAGS["config"])
+        compare(config, config_file, overrides, OUT.value, [int(s) for s in SEEDS.value], RUN.value)
+
+    cli.run(FLAGS, body, argv, continues_run=False)
+
+
+if __name__ == "__main__":
+    main()

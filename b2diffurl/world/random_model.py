@@ -6,7 +6,7 @@ directory, so `StableDiffusionPipeline.from_pretrained(dir)` loads it exactly as
 The tokenizer is a CLIP byte-pair tokenizer whose vocabulary and merges are written here:
 characters, plus whole-word tokens for every word of the prompt files.
 
-    python -m b2diffurl.tiny model/tiny-sd      # build (a few seconds) and save
+    python -m b2diffurl.world.random_model model/tiny-sd      # build (a few seconds) and save
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from b2diffurl.files import REPO
+
 IMAGE_SIZE = 32  # pixels; the VAE downsamples by 4, so latents are 4 x 8 x 8
 SPECIAL_TOKENS = ["<|startoftext|>", "<|endoftext|>"]
-PROMPT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "prompt")
+PROMPT_DIR = os.path.join(REPO, "config", "prompt")
 
 # The scheduler settings of SD v1.4 (its scheduler_config.json), so the tiny run steps identically.
 SD_SCHEDULER_CONFIG = dict(

@@ -10,7 +10,7 @@ import os
 import socket
 import urllib.parse
 
-from b2diffurl.cli import UserError
+from b2diffurl.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ def locate_model(model: str, what: str, build_tiny: bool = False, revision: str 
     if os.path.isdir(model):
         return model
     if build_tiny:
-        from b2diffurl.tiny import save_tiny_pipeline
+        from b2diffurl.world.random_model import save_tiny_pipeline
 
         log.info("building the tiny offline model at %s", model)
         return save_tiny_pipeline(model)
@@ -54,7 +54,7 @@ def check_models_available(config) -> None:
     if not config.pretrained.build_tiny:  # the tiny model is built on first use
         locate_model(config.pretrained.model, "pretrained.model", revision=config.pretrained.revision,
                      probe_file="model_index.json")
-    from b2diffurl.rewards import required_models
+    from b2diffurl.models.rewards import required_models
 
     for what, model in required_models(config.reward):
         locate_model(model, what)

@@ -1,6 +1,6 @@
 """One line per stage from a run's stage{k}/metrics.jsonl files: what a researcher checks first.
 
-    python -m b2diffurl.summary model/tiny
+    python -m b2diffurl.analysis.stage_table model/tiny
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ def success_lines(run: str) -> list[str]:
     """One line per held-out evaluation that has success rates (the shapes rewards): the base
     model's, then each evaluated stage's, for the headline group (held-out two-object captions)
     and over all images."""
-    from b2diffurl.report import read_evaluations
-    from b2diffurl.shapes import HELD_OUT_TWO_OBJECTS
+    from b2diffurl.analysis.curves import read_evaluations
+    from b2diffurl.world.shapes import HELD_OUT_TWO_OBJECTS
 
     rows, base = read_evaluations(run, [])
     lines = []

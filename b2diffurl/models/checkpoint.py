@@ -16,14 +16,12 @@ import tempfile
 
 import torch
 
+from b2diffurl.errors import NonFiniteWeightsError
+
 LORA_FILE = "pytorch_lora_weights.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 SCALER_FILE = "grad_scaler.pt"
 STATE_FILE = "training_state.json"
-
-
-class NonFiniteWeightsError(RuntimeError):
-    """Training diverged: the LoRA holds NaN or inf, and is not saved."""
 
 
 def _adapter_metadata(unet) -> dict:

@@ -1,7 +1,7 @@
 """One PNG with the curves of a run: rewards, selection, loss, KL, curriculum, evaluation.
 
-    python -m b2diffurl.report model/tiny                 # -> model/tiny/report.png
-    python -m b2diffurl.report model/tiny --out run.png
+    python -m b2diffurl.analysis.curves model/tiny                 # -> model/tiny/report.png
+    python -m b2diffurl.analysis.curves model/tiny --out run.png
 
 `collect` reads a run folder into plain arrays (stage{k}/metrics.jsonl through
 `read_run_metrics`, stage{k}/evaluation.json, evaluation_base.json); `draw_report` draws them
@@ -19,7 +19,7 @@ import sys
 import numpy as np
 
 from b2diffurl.logs import read_run_metrics
-from b2diffurl.paths import BASE_EVALUATION_FILE, EVALUATION_FILE, METRICS_FILE, RUN_CONFIG_FILE, stage_dirs
+from b2diffurl.stage.paths import BASE_EVALUATION_FILE, EVALUATION_FILE, METRICS_FILE, RUN_CONFIG_FILE, stage_dirs
 
 SELECT_FIELDS = ("reward_mean", "reward_std", "reward_min", "reward_max",
                  "num_positive", "num_negative", "num_selected")
@@ -385,7 +385,7 @@ def draw_report(data: dict, out_path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m b2diffurl.report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m b2diffurl.analysis.curves", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", help="a run folder, {save_path}/{exp_name}")
     parser.add_argument("--out", help="PNG to write (default RUN_DIR/report.png)")
     args = parser.parse_args(argv)

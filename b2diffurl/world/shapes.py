@@ -9,7 +9,7 @@ one of four colours. Captions:
 `render` draws a caption (hard edges, random placement and size); `parse_image` reads the
 objects back from pixels (nearest palette colour, connected components, shape as the
 rendering that overlaps the component best); `check` says which of a caption's attributes an image
-satisfies. The `shapes` reward (b2diffurl.rewards) is 1.0 when every attribute holds and 0.0
+satisfies. The `shapes` reward (b2diffurl.models.rewards) is 1.0 when every attribute holds and 0.0
 otherwise; `shapes_partial` is the fraction that holds, for diagnosis.
 """
 

@@ -8,7 +8,7 @@ import logging
 
 import torch
 
-from b2diffurl.hub import locate_model
+from b2diffurl.models.hub import locate_model
 
 log = logging.getLogger(__name__)
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -89,7 +89,7 @@ def make_accelerator(config):
 
     from accelerate import Accelerator
 
-    from b2diffurl.paths import run_dir
+    from b2diffurl.stage.paths import run_dir
 
     if config.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True

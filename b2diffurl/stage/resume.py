@@ -1,6 +1,6 @@
 """Continuing a run: which stage comes next, and refusing a config that would not continue it.
 
-Torch-free, so that run_process.sh can ask it cheaply through `python -m b2diffurl.plan`.
+Torch-free, so that run_process.sh can ask it cheaply through `python -m b2diffurl.stage.plan`.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 from b2diffurl.files import atomic_write_json, read_json
-from b2diffurl.paths import RUN_CONFIG_FILE, StagePaths, run_dir
+from b2diffurl.stage.paths import RUN_CONFIG_FILE, StagePaths, run_dir
 
 # Settings that define a run: changing one midway would mix incompatible stages.
 CONTINUATION_KEYS = (
@@ -37,7 +37,7 @@ def first_incomplete_stage(config) -> int:
 def check_continuation(config, record: bool = True) -> None:
     """Refuse (UserError) a config whose run-defining settings differ from those the run was
     made with; with `record`, write them down on the run's first use."""
-    from b2diffurl.cli import UserError
+    from b2diffurl.errors import UserError
 
     path = os.path.join(run_dir(config), RUN_CONFIG_FILE)
     current = {key: _get(config, key) for key in CONTINUATION_KEYS}

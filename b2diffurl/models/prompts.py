@@ -12,7 +12,7 @@ log = logging.getLogger(__name__)
 
 def load_prompts(path: str) -> list[str]:
     """Read a JSON list of non-empty strings; anything else is a UserError naming the file."""
-    from b2diffurl.cli import UserError
+    from b2diffurl.errors import UserError
 
     try:
         with open(path) as f:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from b2diffurl.errors import SampleFileError
 from b2diffurl.files import atomic_torch_save
 
 FORMAT_VERSION = 2  # 1 stored prompt_embeds; 2 rebuilds them from the prompts
@@ -26,10 +27,6 @@ PER_SAMPLE = ("group_id", "branch_id", "timesteps", "latents", "log_probs")
 SELECTED_PER_SAMPLE = ("advantages", "rewards")
 META_KEYS = ("num_steps", "split_step", "branch_point", "num_branches", "eta", "guidance_scale",
              "model", "seed", "stage", "format_version")
-
-
-class SampleFileError(ValueError):
-    """A sample file that is not what this version writes or what the config expects."""
 
 
 def validate(record: dict, selected: bool = False) -> None:
@@ -90,14 +87,19 @@ def load_samples(path: str, selected: bool = False, expect: dict | None = None) 
     return record
 
 
+def make_record(trajectories: list[dict], prompts: list[str], meta: dict) -> dict:
+    """A record from consecutive batches of trajectories (method.branch_sampling.sample_branches'
+    outputs, or records) and the prompt of each sample."""
+    record = {key: torch.cat([part[key] for part in trajectories]) for key in PER_SAMPLE}
+    return {"prompts": list(prompts), **record, "meta": meta}
+
+
 def concatenate(records: list[dict]) -> dict:
     """One record from the shards that N sampling processes wrote (same meta, distinct groups)."""
     meta = records[0]["meta"]
     if any(record["meta"] != meta for record in records):
         raise SampleFileError("the sample shards of this stage were made with different settings")
-    out = {"prompts": [prompt for record in records for prompt in record["prompts"]], "meta": meta}
-    for key in PER_SAMPLE:
-        out[key] = torch.cat([record[key] for record in records])
+    out = make_record(records, [prompt for record in records for prompt in record["prompts"]], meta)
     if len(set(out["group_id"].tolist())) * meta["num_branches"] != len(out["prompts"]):
         raise SampleFileError("the sample shards of this stage do not hold distinct groups of num_branches samples")
     return out

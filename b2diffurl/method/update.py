@@ -22,14 +22,14 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from b2diffurl.ddim import ddim_step_with_log_prob
-from b2diffurl.guidance import guided_noise
-from b2diffurl.loss import clipped_pg_loss, weighted_advantages
+from b2diffurl.method.ddim import ddim_step_with_log_prob
+from b2diffurl.method.guidance import guided_noise
+from b2diffurl.method.loss import clipped_pg_loss, weighted_advantages
 
 
 @dataclasses.dataclass
 class TrainSettings:
-    """What the update needs from the config (train.*, sample.*)."""
+    """The update's settings (the config's train.* and sample.*: stage.train.train_settings)."""
 
     num_steps: int  # T, to set the scheduler's timesteps
     eta: float
@@ -43,25 +43,6 @@ class TrainSettings:
     neg_weight: float
     max_grad_norm: float
 
-    @classmethod
-    def from_config(cls, config) -> "TrainSettings":
-        t = config.train
-        return cls(config.sample.num_steps, config.sample.eta, config.sample.guidance_scale, t.batch_size,
-                   t.gradient_accumulation_steps, t.num_epochs, t.clip_range, t.adv_clip_max, t.pos_weight,
-                   t.neg_weight, t.max_grad_norm)
-
-
-def build_optimizer(config, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    """AdamW over the LoRA parameters with train.*'s settings; bitsandbytes' 8-bit AdamW when
-    train.use_8bit_adam (optimiser state in 8 bits: less memory, for large LoRA ranks)."""
-    t = config.train
-    optimizer_class = torch.optim.AdamW
-    if t.use_8bit_adam:
-        import bitsandbytes  # optional; cli.check_config refuses use_8bit_adam without it
-
-        optimizer_class = bitsandbytes.optim.AdamW8bit
-    return optimizer_class(params, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
-                           weight_decay=t.adam_weight_decay, eps=t.adam_epsilon)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +84,11 @@ def update_schedule(num_samples: int, split_step: int, batch_size: int, gradient
     return UpdateSchedule(steps, used, num_epochs * num_samples - used)
 
 
+def lora_parameters(unet) -> list[torch.nn.Parameter]:
+    """The trainable (LoRA) parameters of the UNet."""
+    return [p for p in unet.parameters() if p.requires_grad]
+
+
 def process_share(group: list, rank: int, num_processes: int) -> list[tuple[object, bool]]:
     """Process `rank`'s share of one optimiser step's batches, as (batch, real) pairs.
 
@@ -126,7 +112,7 @@ def train_on_samples(
     generator: torch.Generator,
     on_optimizer_step: Callable[[dict], None] = lambda info: None,
 ) -> dict:
-    """Train `unet`'s LoRA on a selected-sample record (see samples.py); returns stage totals.
+    """Train `unet`'s LoRA on a selected-sample record (stage.sample_file); returns stage totals.
 
     prompt_embeds [M, L, D]: the text embedding of each sample's prompt; negative_embeds
     [1, L, D]: the empty prompt's (both from prompts.encode_prompts, as sampling made them).
@@ -138,14 +124,16 @@ def train_on_samples(
     device = accelerator.device
     scheduler.set_timesteps(settings.num_steps, device=device)
     num_samples, split_step = samples["log_probs"].shape
-    latents = samples["latents"].to(device)  # [M, s+1, C, H, W]
-    timesteps = samples["timesteps"].to(device)  # [M, s]
-    old_log_probs = samples["log_probs"].to(device)  # [M, s]
-    advantages = weighted_advantages(samples["advantages"].to(device, torch.float32), settings.adv_clip_max,
-                                     settings.pos_weight, settings.neg_weight)  # [M]
-    prompt_embeds = prompt_embeds.to(device)  # [M, L, D]
-    negative_embeds = negative_embeds.to(device)  # [1, L, D]
-    params = [p for p in unet.parameters() if p.requires_grad]
+    tensors = {
+        "latents": samples["latents"].to(device),  # [M, s+1, C, H, W]
+        "timesteps": samples["timesteps"].to(device),  # [M, s]
+        "old_log_probs": samples["log_probs"].to(device),  # [M, s]
+        "advantages": weighted_advantages(samples["advantages"].to(device, torch.float32), settings.adv_clip_max,
+                                          settings.pos_weight, settings.neg_weight),  # [M]
+        "prompt_embeds": prompt_embeds.to(device),  # [M, L, D]
+        "negative_embeds": negative_embeds.to(device),  # [1, L, D]
+    }
+    params = lora_parameters(unet)
     schedule = update_schedule(num_samples, split_step, settings.batch_size, settings.gradient_accumulation_steps,
                                settings.num_epochs, generator)
     scaler = accelerator.scaler
@@ -160,24 +148,8 @@ def train_on_samples(
         mine = process_share(group, accelerator.process_index, accelerator.num_processes)
         sums = torch.zeros(3, dtype=torch.float64)  # loss, approx_kl, clipfrac, summed over micro-steps
         for b, (batch, real) in enumerate(mine):
-            rows = batch.rows.to(device)
-            for j in range(split_step):
-                cols = batch.step_order[:, j].to(device)  # per-sample step index
-                # DDP averages gradients over processes, hence the factor num_processes; it
-                # synchronises them on the last backward pass of the step only.
-                last = b == len(mine) - 1 and j == split_step - 1
-                with contextlib.nullcontext() if last else accelerator.no_sync(unet), accelerator.autocast():
-                    x = latents[rows, cols]
-                    t = timesteps[rows, cols]
-                    eps = guided_noise(unet, x, t, prompt_embeds[rows], negative_embeds, settings.guidance_scale)
-                    _, log_prob = ddim_step_with_log_prob(scheduler, eps, t, x, settings.eta,
-                                                          prev_sample=latents[rows, cols + 1])
-                    loss, info = clipped_pg_loss(log_prob, old_log_probs[rows, cols], advantages[rows],
-                                                 settings.clip_range)
-                accelerator.backward(loss * accelerator.num_processes / micro_steps if real else loss * 0.0)
-                if real:
-                    sums += torch.tensor([loss.item(), info["approx_kl"].item(), info["clipfrac"].item()],
-                                         dtype=torch.float64) / micro_steps
+            sums += _backward_batch(unet, scheduler, tensors, batch, real, b == len(mine) - 1, micro_steps, settings,
+                                    accelerator)
         if accelerator.num_processes > 1:
             sums = accelerator.reduce(sums.to(device), "sum").cpu()
         means = dict(zip(("loss", "approx_kl", "clipfrac"), sums.tolist()))
@@ -200,3 +172,33 @@ def train_on_samples(
         totals["loss_scale_end"] = float(scaler.get_scale())
     unet.eval()
     return totals
+
+
+def _backward_batch(unet, scheduler, tensors: dict, batch: Batch, real: bool, last_batch: bool, micro_steps: int,
+                    settings: TrainSettings, accelerator) -> torch.Tensor:
+    """The backward passes of one forward batch over all s steps, each with its share
+    1 / micro_steps of the optimiser step's loss (zero for a padding pass, real = False);
+    returns the batch's (loss, approx KL, clip fraction) summed with those weights."""
+    device = accelerator.device
+    rows = batch.rows.to(device)
+    sums = torch.zeros(3, dtype=torch.float64)
+    split_step = batch.step_order.shape[1]
+    for j in range(split_step):
+        cols = batch.step_order[:, j].to(device)  # per-sample step index
+        # DDP averages gradients over processes, hence the factor num_processes; it
+        # synchronises them on the last backward pass of the step only.
+        last = last_batch and j == split_step - 1
+        with contextlib.nullcontext() if last else accelerator.no_sync(unet), accelerator.autocast():
+            x = tensors["latents"][rows, cols]
+            t = tensors["timesteps"][rows, cols]
+            eps = guided_noise(unet, x, t, tensors["prompt_embeds"][rows], tensors["negative_embeds"],
+                               settings.guidance_scale)
+            _, log_prob = ddim_step_with_log_prob(scheduler, eps, t, x, settings.eta,
+                                                  prev_sample=tensors["latents"][rows, cols + 1])
+            loss, info = clipped_pg_loss(log_prob, tensors["old_log_probs"][rows, cols], tensors["advantages"][rows],
+                                         settings.clip_range)
+        accelerator.backward(loss * accelerator.num_processes / micro_steps if real else loss * 0.0)
+        if real:
+            sums += torch.tensor([loss.item(), info["approx_kl"].item(), info["clipfrac"].item()],
+                                 dtype=torch.float64) / micro_steps
+    return sums

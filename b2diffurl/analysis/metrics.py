@@ -28,7 +28,7 @@ def pixel_embeddings(images: np.ndarray, size: int = 8) -> np.ndarray:
 
 def build_embedder(config, device) -> tuple[Embedder, str]:
     """The diversity embedding the config asks for, and its name for the report."""
-    from b2diffurl.rewards import CLIP_REWARDS, clip_embedder, component_names
+    from b2diffurl.models.rewards import CLIP_REWARDS, clip_embedder, component_names
 
     choice = config.eval.diversity_embedding
     if choice == "auto":

@@ -4,7 +4,9 @@ images: uint8 numpy array [N, H, W, 3]; prompts: list[str] of length N; scores: 
 REWARDS maps a config name to a factory `factory(reward_config, device) -> reward`, so models
 are loaded once per process. `score_images` calls a reward in batches, the last short one too.
 `reward.name` is a key of REWARDS ("weighted" sums `reward.components`) or a user function
-given as "package.module:function", which is the reward itself.
+given as "package.module:function", which is the reward itself. A reward may carry a
+`prompt_groups(prompt) -> tuple[str, ...]` attribute: evaluation then reports a success rate
+(score 1) per group of prompts.
 
 Torch-free at import (the scripts check the config before torch loads); the factories import
 torch and transformers.
@@ -24,7 +26,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from b2diffurl.cli import UserError
+from b2diffurl.errors import UserError
 
 Reward = Callable[[np.ndarray, list[str]], np.ndarray]
 Factory = Callable[..., Reward]
@@ -181,20 +183,28 @@ def colour_match(reward_config, device) -> Reward:
 
 @register("shapes")
 def shapes_exact(reward_config, device) -> Reward:
-    """The shapes world's sparse reward (b2diffurl.shapes): 1.0 if the image shows exactly the
+    """The shapes world's sparse reward (b2diffurl.world.shapes): 1.0 if the image shows exactly the
     caption's objects, in their colours and shapes and stated relation, else 0.0."""
-    from b2diffurl import shapes
+    from b2diffurl.world import shapes
 
-    return lambda images, prompts: np.array([shapes.score(image, p) for image, p in zip(images, prompts)])
+    return _grouped(lambda images, prompts: np.array([shapes.score(image, p) for image, p in zip(images, prompts)]),
+                    shapes.prompt_groups)
 
 
 @register("shapes_partial")
 def shapes_partial(reward_config, device) -> Reward:
     """For diagnosis: the fraction of the caption's attributes (colours, shapes, relation,
-    object count) the image satisfies (b2diffurl.shapes.partial_score)."""
-    from b2diffurl import shapes
+    object count) the image satisfies (b2diffurl.world.shapes.partial_score)."""
+    from b2diffurl.world import shapes
 
-    return lambda images, prompts: np.array([shapes.partial_score(image, p) for image, p in zip(images, prompts)])
+    return _grouped(lambda images, prompts: np.array([shapes.partial_score(image, p) for image, p in zip(images, prompts)]),
+                    shapes.prompt_groups)
+
+
+def _grouped(reward: Reward, prompt_groups: Callable[[str], tuple[str, ...]]) -> Reward:
+    """`reward` with its prompt grouping attached (see the module docstring)."""
+    reward.prompt_groups = prompt_groups
+    return reward
 
 
 @register("weighted")
@@ -218,7 +228,7 @@ def _load_clip(model: str, processor: str, device):
     `model`), frozen; cached, so every CLIP-based reward of a process shares one copy."""
     from transformers import CLIPModel, CLIPProcessor
 
-    from b2diffurl.hub import locate_model
+    from b2diffurl.models.hub import locate_model
 
     model_path = locate_model(model, what="reward.model")
     processor_path = locate_model(processor, what="reward.processor") if processor else model_path

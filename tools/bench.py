@@ -1,8 +1,8 @@
 """Side-by-side speed, file-size and memory figures.
 
-    python -m b2diffurl.bench                          # tiny model built here, CPU or GPU
-    python -m b2diffurl.bench --repeats 3             # a quicker, noisier look
-    python -m b2diffurl.bench --model /tmp/sd-random --mixed_precision fp16 --num_branches 5
+    python tools/bench.py                          # tiny model built here, CPU or GPU
+    python tools/bench.py --repeats 3              # a quicker, noisier look
+    python tools/bench.py --model /tmp/sd-random --mixed_precision fp16 --num_branches 5
 
 Every ratio is measured in this one run, against a reference measured right beside it:
 - sample_ratio: our stage sampling (B prompts, K branches, T steps, CFG, log-probs, decoding
@@ -33,6 +33,8 @@ import time
 import numpy as np
 import torch
 from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a file: the package
 
 GUIDANCE, ETA = 5.0, 1.0
 PROMPTS = ["a red apple", "a blue plum", "a green pear", "a yellow lemon", "a purple grape", "a black tomato",
@@ -93,13 +95,13 @@ def _config(overrides: dict):
 
 def _policy_and_trajectories(config, accelerator):
     """The project's pipeline (fresh LoRA), the bench prompts' embeddings, and one stage's branches."""
-    from b2diffurl.pipeline import load_pipeline, lora_merged
-    from b2diffurl.prompts import encode_prompts
-    from b2diffurl.sampler import sample_branches
+    from b2diffurl.method.branch_sampling import latent_shape, sample_branches
+    from b2diffurl.models.pipeline import load_pipeline, lora_merged
+    from b2diffurl.models.prompts import encode_prompts
 
     pipe = load_pipeline(config, accelerator.device)
     unet = pipe.unet
-    shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    shape = latent_shape(unet)
     embeds = encode_prompts(pipe.tokenizer, pipe.text_encoder, _prompts())
     negative = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""])
     t, s, k = STEPS.value, SPLIT.value, BRANCHES.value
@@ -118,9 +120,9 @@ def bench_sampling(config, accelerator, repeats: int, out_dir: str) -> dict:
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     from b2diffurl.files import atomic_torch_save
-    from b2diffurl.pipeline import weight_dtype
-    from b2diffurl.prompts import encode_prompts
-    from b2diffurl.sampler import decode_images
+    from b2diffurl.method.branch_sampling import decode_images
+    from b2diffurl.models.pipeline import weight_dtype
+    from b2diffurl.models.prompts import encode_prompts
 
     pipe, embeds, _, sample = _policy_and_trajectories(config, accelerator)
     prompts = _prompts()
@@ -153,20 +155,18 @@ def bench_sampling(config, accelerator, repeats: int, out_dir: str) -> dict:
 
 
 def bench_training(config, accelerator, repeats: int) -> dict:
-    from b2diffurl.guidance import guided_noise
-    from b2diffurl.pipeline import lora_parameters
-    from b2diffurl.samples import subset
-    from b2diffurl.trainer import TrainSettings, build_optimizer, train_on_samples
+    from b2diffurl.method.guidance import guided_noise
+    from b2diffurl.method.update import lora_parameters, train_on_samples
+    from b2diffurl.stage.sample_file import make_record, subset
+    from b2diffurl.stage.train import build_optimizer, train_settings
 
     pipe, embeds, negative, sample = _policy_and_trajectories(config, accelerator)
     out = {k: v.cpu() for k, v in sample().items()}
-    record = {"prompts": [_prompts()[g] for g in out["group"].tolist()], "group_id": out["group"],
-              "branch_id": out["branch"], "timesteps": out["timesteps"], "latents": out["latents"],
-              "log_probs": out["log_probs"]}
+    record = make_record([out], [_prompts()[g] for g in out["group_id"].tolist()], meta={})
     num = 2 * len(embeds)  # as many as best/worst selection keeps at most
     advantages = torch.from_numpy(np.random.default_rng(0).normal(size=num)).float()
     samples = subset(record, torch.arange(num), advantages=advantages, rewards=advantages)
-    settings = TrainSettings.from_config(config)
+    settings = train_settings(config)
     params = lora_parameters(pipe.unet)
     unet, optimizer = accelerator.prepare(pipe.unet, build_optimizer(config, params))
     embeds = embeds.to(accelerator.device)
@@ -210,8 +210,8 @@ finally:
 def bench_scripts(config, overrides: dict) -> dict:
     """Peak RSS (MB) of each script on one stage, their peak GPU memory, and the sample file's size ratio."""
     from b2diffurl.logs import read_metrics
-    from b2diffurl.samples import load_samples
-    from b2diffurl.stages import plan_stage
+    from b2diffurl.stage.plan import plan_stage
+    from b2diffurl.stage.sample_file import load_samples
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     flags_ = ["--config", "config/tiny_random.py"]
@@ -240,8 +240,8 @@ def bench_scripts(config, overrides: dict) -> dict:
 
 def main(argv) -> None:
     from b2diffurl.logs import setup_logging
-    from b2diffurl.pipeline import make_accelerator
-    from b2diffurl.tiny import save_tiny_pipeline
+    from b2diffurl.models.pipeline import make_accelerator
+    from b2diffurl.world.random_model import save_tiny_pipeline
 
     setup_logging()
     torch.manual_seed(0)
@@ -265,7 +265,7 @@ def main(argv) -> None:
         print(f"{name}: {value:.4g}" if isinstance(value, float) else f"{name}: {value}")
 
 
-if __name__ == "__main__":  # flags are defined only when run, so that the modules import together
+if __name__ == "__main__":  # flags are defined only when run: profile_sampling.py imports this file
     MODEL = flags.DEFINE_string("model", "", "diffusers folder to measure; '' builds the tiny model at 64 px")
     REPEATS = flags.DEFINE_integer("repeats", 9, "timed runs of each side of a ratio, alternating, after one warm-up")
     BATCH = flags.DEFINE_integer("batch_size", 8, "B, prompts per sampling batch")

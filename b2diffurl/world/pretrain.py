@@ -1,10 +1,10 @@
 """Pretrain the shapes world's text-to-image model from scratch, on a CPU, in bounded time.
 
-    python -m b2diffurl.shapes_pretrain --out model/shapes-sd --minutes 30
+    python -m b2diffurl.world.pretrain --out model/shapes-sd --minutes 30
 
 A small Stable-Diffusion-architecture pipeline: an AutoencoderKL from 32×32 RGB to 8×8×4
 latents, a UNet2DConditionModel with cross-attention, a CLIP text encoder and the project's
-word-level CLIP tokenizer over the shapes captions, trained on images that b2diffurl.shapes
+word-level CLIP tokenizer over the shapes captions, trained on images that b2diffurl.world.shapes
 renders for the captions of the train split (config/prompt/shapes/train.json). First the
 autoencoder (reconstruction with a small KL term); then a pool of rendered images is encoded
 once, and the UNet and text encoder learn from it together with the plain epsilon loss of SD's
@@ -25,22 +25,25 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from absl import app, flags
+from absl import flags
 
-from b2diffurl import shapes
+from b2diffurl import cli
+from b2diffurl.files import REPO
+from b2diffurl.world import shapes
 
-PROMPT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "prompt", "shapes")
+PROMPT_DIR = os.path.join(REPO, "config", "prompt", "shapes")
 TEXT_WIDTH = 64  # text encoder width = the UNet's cross-attention width
 MAX_TOKENS = 16  # the longest caption is 12 tokens with its start and end marks
 SINGLE_SHARE = 0.25  # share of single-object captions among those drawn for training
 POOL_SIZE = 40_000  # images encoded once for the denoiser phase
 EMA_DECAY = 0.999
-log = logging.getLogger(__name__)
+log = logging.getLogger("b2diffurl.world.pretrain")  # not __name__: "__main__" when run
 
 
 def build_models(seed: int):
@@ -48,7 +51,7 @@ def build_models(seed: int):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from b2diffurl.tiny import make_tokenizer
+    from b2diffurl.world.random_model import make_tokenizer
 
     torch.manual_seed(seed)
     tokenizer = make_tokenizer(PROMPT_DIR, MAX_TOKENS)
@@ -136,7 +139,7 @@ def train_denoiser(unet, text_encoder, tokenizer, data, seconds: float, max_step
     holding the exponential moving average of their weights."""
     from diffusers import DDPMScheduler
 
-    from b2diffurl.tiny import SD_SCHEDULER_CONFIG
+    from b2diffurl.world.random_model import SD_SCHEDULER_CONFIG
 
     noise_scheduler = DDPMScheduler(**{k: v for k, v in SD_SCHEDULER_CONFIG.items() if k != "set_alpha_to_one"})
     params = list(unet.parameters()) + list(text_encoder.parameters())
@@ -177,7 +180,7 @@ def train_denoiser(unet, text_encoder, tokenizer, data, seconds: float, max_step
 def pretrain(out: str, minutes: float, seed: int, batch_size: int = 128, vae_share: float = 0.2,
              max_steps: int = 0, autoencoder_steps: int = 0, denoiser_steps: int = 0) -> dict:
     """Build, train and save the shapes model to `out`; returns what was done (also in out/pretrain.json)."""
-    from b2diffurl.tiny import assemble_pipeline
+    from b2diffurl.world.random_model import assemble_pipeline
 
     with open(os.path.join(PROMPT_DIR, "train.json")) as f:
         captions = json.load(f)
@@ -207,23 +210,32 @@ def pretrain(out: str, minutes: float, seed: int, batch_size: int = 128, vae_sha
     return record
 
 
-def main(argv) -> None:
+FLAGS = cli.flag_values(with_config=False)
+OUT = flags.DEFINE_string("out", "model/shapes-sd", "where the diffusers folder is written", flag_values=FLAGS)
+MINUTES = flags.DEFINE_float("minutes", 30.0, "wall-time budget for both phases", flag_values=FLAGS)
+VAE_SHARE = flags.DEFINE_float("vae_share", 0.2, "share of the budget spent on the autoencoder", flag_values=FLAGS)
+MAX_STEPS = flags.DEFINE_integer("max_steps", 0, "stop each phase after this many steps (0: time only)",
+                                 flag_values=FLAGS)
+AE_STEPS = flags.DEFINE_integer("autoencoder_steps", 0, "stop the autoencoder after this many steps (0: max_steps)",
+                                flag_values=FLAGS)
+UNET_STEPS = flags.DEFINE_integer("denoiser_steps", 0, "stop the denoiser after this many steps (0: max_steps)",
+                                  flag_values=FLAGS)
+BATCH = flags.DEFINE_integer("batch_size", 128, "images per step", flag_values=FLAGS)
+SEED = flags.DEFINE_integer("seed", 0, "seed of weights, captions, placements and noise", flag_values=FLAGS)
+
+
+def main(argv: list[str] | None = None) -> None:
     from b2diffurl.logs import setup_logging
 
+    rest = cli.parse_flags(FLAGS, sys.argv if argv is None else argv)
+    if rest:
+        raise SystemExit(f"error: unexpected arguments: {' '.join(rest)}")
     setup_logging()
-    logging.getLogger(__name__).setLevel(logging.INFO)
+    log.setLevel(logging.INFO)
     record = pretrain(OUT.value, MINUTES.value, SEED.value, BATCH.value, VAE_SHARE.value, MAX_STEPS.value,
                       AE_STEPS.value, UNET_STEPS.value)
     log.info("saved to %s: %s", OUT.value, record)
 
 
-if __name__ == "__main__":  # flags are defined only when run, so that the modules import together
-    OUT = flags.DEFINE_string("out", "model/shapes-sd", "where the diffusers folder is written")
-    MINUTES = flags.DEFINE_float("minutes", 30.0, "wall-time budget for both phases")
-    VAE_SHARE = flags.DEFINE_float("vae_share", 0.2, "share of the budget spent on the autoencoder")
-    MAX_STEPS = flags.DEFINE_integer("max_steps", 0, "stop each phase after this many steps (0: time only)")
-    AE_STEPS = flags.DEFINE_integer("autoencoder_steps", 0, "stop the autoencoder after this many steps (0: max_steps)")
-    UNET_STEPS = flags.DEFINE_integer("denoiser_steps", 0, "stop the denoiser after this many steps (0: max_steps)")
-    BATCH = flags.DEFINE_integer("batch_size", 128, "images per step")
-    SEED = flags.DEFINE_integer("seed", 0, "seed of weights, captions, placements and noise")
-    app.run(main)
+if __name__ == "__main__":
+    main()

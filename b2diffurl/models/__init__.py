@@ -1,0 +1,3 @@
+"""The models a run loads: Stable Diffusion with a LoRA on its UNet (pipeline.py, found by
+hub.py), LoRA checkpoints (checkpoint.py), prompt files and text embeddings (prompts.py), and
+the reward functions (rewards.py)."""

@@ -1,0 +1,9 @@
+"""One stage, in data-flow order: sample.py (run_sample.py), select.py (run_select.py),
+train.py (run_train.py); each module's docstring names the files it reads and writes.
+
+    plan.py         stage index -> split step, branch point, seed, checkpoint to resume from
+    paths.py        the one place that names a run's and a stage's files
+    sample_file.py  the sample files' format (versioned, validated)
+    resume.py       where a rerun continues, and the settings it must keep
+    context.py      what the three scripts share: start, starting policy, trackers, end
+"""

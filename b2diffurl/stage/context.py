@@ -1,0 +1,88 @@
+"""What the three stage scripts share: the start (the plan, a complete stage skipped, an
+interrupted one cleared), the policy they start from, the sample files' `meta`, the trackers,
+and the end (the completion marker)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+
+import numpy as np
+import torch
+
+from b2diffurl.errors import UserError
+from b2diffurl.files import atomic_write_json
+from b2diffurl.models.checkpoint import load_lora
+from b2diffurl.models.pipeline import load_pipeline
+from b2diffurl.stage.paths import StagePaths
+from b2diffurl.stage.plan import StagePlan, plan_stage
+from b2diffurl.stage.resume import check_continuation
+from b2diffurl.stage.sample_file import FORMAT_VERSION
+
+log = logging.getLogger(__name__)
+
+
+def begin(config, accelerator, clear_interrupted: bool = False) -> StagePlan | None:
+    """Start of every script: the plan and the continuation check (recorded by the main
+    process); None for a complete stage. With `clear_interrupted`, the main process removes the
+    folder an interrupted attempt left, so the stage is redone from its start; every process
+    waits for that."""
+    plan = plan_stage(config)
+    if accelerator.is_main_process:
+        check_continuation(config)
+        if clear_interrupted and not plan.paths.is_complete() and os.path.isdir(plan.paths.root):
+            log.warning("stage %d was interrupted; clearing %s and redoing it", plan.stage, plan.paths.root)
+            shutil.rmtree(plan.paths.root)
+    accelerator.wait_for_everyone()
+    if plan.paths.is_complete():
+        log.info("stage %d is complete (%s exists); nothing to do", plan.stage, plan.paths.complete_marker)
+        return None
+    return plan
+
+
+def load_policy(config, plan: StagePlan, device):
+    """The pipeline with the LoRA this stage starts from (π_old)."""
+    if plan.stage > 0 and not StagePaths.of(config, plan.stage - 1).is_complete():
+        raise UserError(f"stage {plan.stage - 1} is not complete, so stage {plan.stage} has no LoRA to start "
+                        "from; run_process.sh resumes at the first incomplete stage")
+    if plan.resume_from and not os.path.isdir(plan.resume_from):
+        raise UserError(f"stage {plan.stage} resumes from {plan.resume_from}, which does not exist")
+    pipe = load_pipeline(config, device)
+    if plan.resume_from:
+        load_lora(pipe.unet, plan.resume_from)
+        log.info("LoRA loaded from %s", plan.resume_from)
+    return pipe
+
+
+def stage_meta(config, plan: StagePlan) -> dict:
+    """The `meta` of this stage's sample files; selection and training check it."""
+    return {
+        "num_steps": config.sample.num_steps, "split_step": plan.split_step, "branch_point": plan.branch_point,
+        "num_branches": config.num_branches, "eta": config.sample.eta,
+        "guidance_scale": config.sample.guidance_scale, "model": config.pretrained.model,
+        "seed": plan.seed, "stage": plan.stage, "format_version": FORMAT_VERSION,
+    }
+
+
+def peak_gpu_memory() -> dict:
+    """{"peak_gpu_memory_gb": ...} on CUDA, else {}."""
+    if not torch.cuda.is_available():
+        return {}
+    return {"peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 3)}
+
+
+def track(accelerator, config, stage: int, scalars: dict, images: dict | None = None) -> None:
+    """Stage-level scalars and images to the accelerator's trackers (TensorBoard), at step = stage."""
+    if not accelerator.log_with:
+        return
+    accelerator.init_trackers(config.exp_name)
+    accelerator.log({k: float(v) for k, v in scalars.items()}, step=stage)
+    for tag, image in (images or {}).items():
+        accelerator.get_tracker("tensorboard", unwrap=True).add_image(tag, np.asarray(image), stage, dataformats="HWC")
+    accelerator.end_training()
+
+
+def mark_complete(stage_paths: StagePaths, state: dict) -> None:
+    """The completion marker, written last: its presence means every file of the stage is final."""
+    atomic_write_json(state, stage_paths.complete_marker)

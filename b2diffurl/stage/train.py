@@ -1,0 +1,133 @@
+"""Step 3 of a stage (run_train.py): the clipped policy-gradient update of the LoRA.
+
+Reads:  stage{k}/sample_stage.pkl (the selected trajectories with their advantages),
+        stage{k-1}/checkpoints/ (the LoRA and the optimiser and grad-scaler state it resumes).
+Writes: stage{k}/checkpoints/ (the LoRA in the diffusers format, optimizer.pt,
+        grad_scaler.pt under fp16, training_state.json), `optimizer_step` and `train` lines in
+        metrics.jsonl, then COMPLETE (last: the stage is done).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+
+from b2diffurl.logs import append_metrics
+from b2diffurl.method.update import TrainSettings, lora_parameters, train_on_samples
+from b2diffurl.models.checkpoint import load_training_state, save_checkpoint
+from b2diffurl.models.pipeline import make_accelerator
+from b2diffurl.models.prompts import encode_prompts
+from b2diffurl.stage.context import begin, load_policy, mark_complete, peak_gpu_memory, stage_meta, track
+from b2diffurl.stage.sample_file import load_samples
+
+log = logging.getLogger(__name__)
+
+
+def train_settings(config) -> TrainSettings:
+    """The update's settings from the config (train.*, sample.*)."""
+    t = config.train
+    return TrainSettings(config.sample.num_steps, config.sample.eta, config.sample.guidance_scale, t.batch_size,
+                         t.gradient_accumulation_steps, t.num_epochs, t.clip_range, t.adv_clip_max, t.pos_weight,
+                         t.neg_weight, t.max_grad_norm)
+
+
+def build_optimizer(config, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """AdamW over the LoRA parameters with train.*'s settings; bitsandbytes' 8-bit AdamW when
+    train.use_8bit_adam (optimiser state in 8 bits: less memory, for large LoRA ranks)."""
+    t = config.train
+    optimizer_class = torch.optim.AdamW
+    if t.use_8bit_adam:
+        import bitsandbytes  # optional; cli.check_config refuses use_8bit_adam without it
+
+        optimizer_class = bitsandbytes.optim.AdamW8bit
+    return optimizer_class(params, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
+                           weight_decay=t.adam_weight_decay, eps=t.adam_epsilon)
+
+
+def train_stage(config) -> None:
+    """The LoRA policy-gradient update over the selected samples -> checkpoints/, then COMPLETE.
+
+    Under `accelerate launch` with N processes the UNet is wrapped in DDP: every process holds
+    all selected samples, runs its share of each optimiser step's batches, and gradients are
+    averaged across processes before every step, so all processes end with the same LoRA (which
+    is checked) and the main process saves it.
+    """
+    accelerator = make_accelerator(config)
+    plan = begin(config, accelerator)
+    if plan is None:
+        return
+    stage_paths = plan.paths
+    main = accelerator.is_main_process
+    samples = load_samples(stage_paths.selected, selected=True, expect=stage_meta(config, plan))
+    pipe = load_policy(config, plan, accelerator.device)
+    if config.train.gradient_checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
+    optimizer = build_optimizer(config, lora_parameters(pipe.unet))
+    restored = load_training_state(plan.resume_from, optimizer, accelerator.scaler) if plan.resume_from else []
+    if restored:
+        log.info("%s state restored from %s", " and ".join(restored), plan.resume_from)
+    metrics_path = stage_paths.metrics
+    num_samples = len(samples["prompts"])
+    state = {"stage": plan.stage, "split_step": plan.split_step, "num_samples": num_samples}
+    if num_samples == 0:
+        log.warning("stage %d: no sample passed the thresholds; training skipped, LoRA carried forward",
+                    plan.stage)
+        if main:
+            state["skipped"] = True
+            save_checkpoint(pipe.unet, stage_paths.checkpoint, optimizer, {**state, "config": config.to_dict()},
+                            accelerator.scaler)
+            append_metrics(metrics_path, stage=plan.stage, event="train", split_step=plan.split_step, num_samples=0,
+                           skipped=True, reason="no selected samples")
+            mark_complete(stage_paths, state)
+        return
+
+    unet, optimizer = accelerator.prepare(pipe.unet, optimizer)
+
+    steps = []
+
+    def on_optimizer_step(info: dict) -> None:
+        steps.append(info)
+        if main:
+            append_metrics(metrics_path, stage=plan.stage, event="optimizer_step", split_step=plan.split_step, **info)
+
+    generator = torch.Generator().manual_seed(plan.seed)  # the same on every process: the same batches
+    log.info("stage %d: training on %d selected samples x %d steps%s", plan.stage, num_samples, plan.split_step,
+             f" over {accelerator.num_processes} processes" if accelerator.num_processes > 1 else "")
+    training_started = time.time()
+    prompt_embeds = encode_prompts(pipe.tokenizer, pipe.text_encoder, samples["prompts"])  # as sampling made them
+    negative_embeds = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""])
+    totals = train_on_samples(unet, pipe.scheduler, samples, prompt_embeds, negative_embeds,
+                              train_settings(config), accelerator, optimizer, generator, on_optimizer_step)
+    unet = accelerator.unwrap_model(unet)
+    if accelerator.num_processes > 1:
+        _check_processes_agree(accelerator, unet)
+    if not main:
+        return
+    state.update(totals, skipped=False)
+    save_checkpoint(unet, stage_paths.checkpoint, optimizer, {**state, "config": config.to_dict()}, accelerator.scaler)
+    append_metrics(metrics_path, stage=plan.stage, event="train", split_step=plan.split_step,
+                   num_samples=num_samples, num_processes=accelerator.num_processes, skipped=False,
+                   training_seconds=round(time.time() - training_started, 2), **totals, **peak_gpu_memory())
+    track(accelerator, config, plan.stage, {
+        **{f"train/{k}": np.nanmean([step[k] for step in steps]) for k in ("loss", "approx_kl", "clipfrac", "grad_norm")},
+        "train/optimizer_steps": totals["optimizer_steps"], "train/skipped_steps": totals["skipped_steps"]})
+    mark_complete(stage_paths, state)
+    log.info("stage %d: %d optimiser steps (%d skipped) of %d samples used %d of %d sample passes (%d left over); "
+             "LoRA saved to %s", plan.stage, totals["optimizer_steps"], totals["skipped_steps"],
+             config.train.batch_size * config.train.gradient_accumulation_steps, totals["samples_used"],
+             totals["samples_used"] + totals["samples_left_over"], totals["samples_left_over"], stage_paths.checkpoint)
+
+
+def _check_processes_agree(accelerator, unet) -> None:
+    """Raise if the LoRA weights differ between processes (gradients were not synchronised);
+    the main process logs that they are identical."""
+    flat = torch.cat([p.detach().float().reshape(-1) for p in lora_parameters(unet)])
+    gathered = accelerator.gather(flat[None])  # [N, P]
+    largest = (gathered - gathered[0]).abs().max().item()
+    if largest != 0.0:
+        raise RuntimeError(f"the LoRA weights of the {accelerator.num_processes} processes differ by up to {largest:.3g} "
+                           "after training: gradients were not synchronised")
+    log.info("the LoRA weights of all %d processes are identical", accelerator.num_processes)
