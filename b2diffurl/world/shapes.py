@@ -99,7 +99,8 @@ def prompt_groups(text: str) -> tuple[str, ...]:
 
 
 def _mask(shape: str, cx: float, cy: float, r: float) -> np.ndarray:
-    """Boolean [SIZE, SIZE] mask of a shape with centre (cx, cy) and half-extent r (pixel centres)."""
+    """Boolean [SIZE, SIZE] mask of a shape with centre (cx, cy) and half-extent r (pixel centres);
+    [n, SIZE, SIZE] masks for arrays of n centres and half-extents shaped [n, 1, 1]."""
     y, x = np.mgrid[0:SIZE, 0:SIZE] + 0.5
     if shape == "square":
         return (np.abs(x - cx) <= r) & (np.abs(y - cy) <= r)
@@ -177,13 +178,12 @@ def _shape_of(component: np.ndarray) -> str:
     ys, xs = np.nonzero(component)
     cx, cy = (xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2
     half = max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1) / 2
+    dr, dx, dy = (v.reshape(-1, 1, 1) for v in np.meshgrid([-0.5, -0.25, 0.0, 0.25, 0.5], [-0.25, 0.0, 0.25],
+                                                             [-0.25, 0.0, 0.25], indexing="ij"))
     best = {}
-    for shape in SHAPES:
-        best[shape] = max(
-            (mask & component).sum() / (mask | component).sum()
-            for dr in (-0.5, -0.25, 0.0, 0.25, 0.5) for dx in (-0.25, 0.0, 0.25) for dy in (-0.25, 0.0, 0.25)
-            for mask in [_mask(shape, cx + dx, cy + dy, half + dr)]
-        )
+    for shape in SHAPES:  # all 45 nudged renderings at once: [45, SIZE, SIZE]
+        masks = _mask(shape, cx + dx, cy + dy, half + dr)
+        best[shape] = ((masks & component).sum((1, 2)) / (masks | component).sum((1, 2))).max()
     return max(best, key=best.get)
 
 
