@@ -47,7 +47,7 @@ def check_config(config) -> None:
     _require(config.sample.eta > 0, "sample.eta", "> 0 (every step needs a density)", config.sample.eta)
     _require(config.num_branches >= 1, "num_branches", "an integer >= 1", config.num_branches)
     for key in ("sample.batch_size", "sample.num_batches_per_stage", "sample.unet_chunk_size", "sample.decode_chunk_size",
-                "train.batch_size", "train.gradient_accumulation_steps", "train.num_epochs",
+                "train.batch_size", "train.gradient_accumulation_steps", "train.num_epochs", "train.steps_per_forward",
                 "stages.num_stages", "reward.batch_size"):
         group, name = key.split(".")
         value = config[group][name]

@@ -253,3 +253,34 @@ def test_fp16_loss_scale_is_carried_from_stage_to_stage(tiny_config, monkeypatch
     assert second["loss_scale_start"] == first["loss_scale_end"]  # not a fresh 2 ** 10
     steps = [r for r in records if r["event"] == "optimizer_step" and r["stage"] == 1]
     assert steps[0]["loss_scale"] == first["loss_scale_end"]
+
+
+@pytest.mark.parametrize("steps_per_forward", [2, 3])
+def test_several_steps_per_forward_make_the_same_update(tiny_config, steps_per_forward):
+    """train.steps_per_forward puts several steps of each sample into one UNet call: the same
+    optimiser steps, losses, KL and grad norms (relative 1e-4) and LoRA after two steps
+    (1e-6) as one step a call: float rounding only (fp32 here)."""
+    def run(steps: int):
+        pipe = load_pipeline(tiny_config, torch.device("cpu"))
+        record = _selected_record(pipe, [1.0, -1.0, 0.5, -2.0])
+        settings = TrainSettings(num_steps=6, eta=1.0, guidance_scale=5.0, batch_size=2, gradient_accumulation_steps=2,
+                                 num_epochs=2, clip_range=0.2, adv_clip_max=5.0, pos_weight=1.0, neg_weight=1.0,
+                                 max_grad_norm=1.0, steps_per_forward=steps)
+        # SGD: the weights move by the gradient itself (Adam would blow the rounding of
+        # near-zero gradient elements up to a full step of the learning rate)
+        optimizer = torch.optim.SGD(lora_parameters(pipe.unet), lr=1.0)
+        seen = []
+        train_on_samples(pipe.unet, pipe.scheduler, record, *_embeds(pipe, record), settings, Accelerator(cpu=True),
+                         optimizer, torch.Generator().manual_seed(0), seen.append)
+        return [p.detach().clone() for p in lora_parameters(pipe.unet)], seen
+
+    reference, reference_steps = run(1)
+    batched, batched_steps = run(steps_per_forward)
+    assert len(batched_steps) == len(reference_steps) == 2
+    for a, b in zip(reference_steps, batched_steps):
+        for key in ("loss", "approx_kl", "clipfrac", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), key
+    assert reference_steps[1]["approx_kl"] > 0  # the second step sees a moved policy
+    for a, b in zip(reference, batched):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+    assert any((a != 0).any() for a in reference)

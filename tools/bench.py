@@ -9,7 +9,8 @@ Every ratio is measured in this one run, against a reference measured right besi
   and file writing) over a plain StableDiffusionPipeline making B·K images, same model, steps,
   guidance and eta. unet_eval_ratio = (B·b + B·K·s) / (B·K·T) is the floor prefix sharing allows.
 - train_ratio: seconds per trained (sample, step) pair in the trainer over a bare LoRA UNet
-  forward+backward with CFG on the same shapes.
+  forward+backward with CFG on the same shapes; train_all_steps_speedup: the trainer's pairs per
+  second with train.steps_per_forward = s (every step of a batch in one UNet call) over 1.
 - sample_file_ratio: bytes of sample.pkl per branch sample over the original layout's
   2·T latents per sample in the same dtype.
 - peak_rss_mb_*: peak resident memory of each of the three scripts on one stage (and their
@@ -22,6 +23,7 @@ that the UNet's work, not per-call interpreter overhead, dominates on a CPU.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import statistics
@@ -187,10 +189,19 @@ def bench_training(config, accelerator, repeats: int) -> dict:
             accelerator.backward(loss)
         optimizer.zero_grad(set_to_none=True)
 
+    all_steps = dataclasses.replace(settings, steps_per_forward=SPLIT.value)
+
+    def ours_all_steps():  # train.steps_per_forward = s: every step of a batch in one UNet call
+        train_on_samples(unet, pipe.scheduler, samples, embeds[samples["group_id"]], negative, all_steps, accelerator,
+                         optimizer, torch.Generator().manual_seed(0))
+
     timed = _paired_times(ours, bare, repeats)
+    batched = _paired_times(ours_all_steps, ours, repeats)
     pairs = num * SPLIT.value  # trained (sample, step) pairs of one `ours` call; `bare` does `num`
     return {"train_seconds_per_pair": timed["ours"] / pairs, "bare_seconds_per_pair": timed["reference"] / num,
-            "train_ratio": timed["ratio"] * num / pairs, "train_ratio_spread": timed["ratio_spread"] * num / pairs}
+            "train_ratio": timed["ratio"] * num / pairs, "train_ratio_spread": timed["ratio_spread"] * num / pairs,
+            "train_all_steps_seconds_per_pair": batched["ours"] / pairs,
+            "train_all_steps_speedup": 1 / batched["ratio"]}
 
 
 # Run a script in this interpreter and report its peak resident memory. VmHWM is the peak of

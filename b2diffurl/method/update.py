@@ -42,6 +42,7 @@ class TrainSettings:
     pos_weight: float
     neg_weight: float
     max_grad_norm: float
+    steps_per_forward: int = 1  # steps of each sample in one UNet call: rows = batch_size x this
 
 
 
@@ -176,29 +177,37 @@ def train_on_samples(
 
 def _backward_batch(unet, scheduler, tensors: dict, batch: Batch, real: bool, last_batch: bool, micro_steps: int,
                     settings: TrainSettings, accelerator) -> torch.Tensor:
-    """The backward passes of one forward batch over all s steps, each with its share
+    """The backward passes of one forward batch over all s steps, each step with its share
     1 / micro_steps of the optimiser step's loss (zero for a padding pass, real = False);
-    returns the batch's (loss, approx KL, clip fraction) summed with those weights."""
+    returns the batch's (loss, approx KL, clip fraction) summed with those weights.
+
+    `settings.steps_per_forward` = n puts n steps of every sample into one UNet call (rows
+    step-major: the batch at its j-th step, then at its (j+1)-th, ...). The loss of a call is
+    the mean over its rows, so it is scaled by its number of steps: the gradient is that of n
+    calls of one step each, up to float rounding."""
     device = accelerator.device
     rows = batch.rows.to(device)
     sums = torch.zeros(3, dtype=torch.float64)
     split_step = batch.step_order.shape[1]
-    for j in range(split_step):
-        cols = batch.step_order[:, j].to(device)  # per-sample step index
+    for first in range(0, split_step, settings.steps_per_forward):
+        cols = batch.step_order[:, first:first + settings.steps_per_forward].T.reshape(-1).to(device)
+        steps = len(cols) // len(rows)
+        chunk_rows = rows.repeat(steps)  # per-sample step index in `cols`, step-major
         # DDP averages gradients over processes, hence the factor num_processes; it
         # synchronises them on the last backward pass of the step only.
-        last = last_batch and j == split_step - 1
+        last = last_batch and first + steps == split_step
         with contextlib.nullcontext() if last else accelerator.no_sync(unet), accelerator.autocast():
-            x = tensors["latents"][rows, cols]
-            t = tensors["timesteps"][rows, cols]
-            eps = guided_noise(unet, x, t, tensors["prompt_embeds"][rows], tensors["negative_embeds"],
+            x = tensors["latents"][chunk_rows, cols]
+            t = tensors["timesteps"][chunk_rows, cols]
+            eps = guided_noise(unet, x, t, tensors["prompt_embeds"][chunk_rows], tensors["negative_embeds"],
                                settings.guidance_scale)
             _, log_prob = ddim_step_with_log_prob(scheduler, eps, t, x, settings.eta,
-                                                  prev_sample=tensors["latents"][rows, cols + 1])
-            loss, info = clipped_pg_loss(log_prob, tensors["old_log_probs"][rows, cols], tensors["advantages"][rows],
-                                         settings.clip_range)
-        accelerator.backward(loss * accelerator.num_processes / micro_steps if real else loss * 0.0)
+                                                  prev_sample=tensors["latents"][chunk_rows, cols + 1])
+            loss, info = clipped_pg_loss(log_prob, tensors["old_log_probs"][chunk_rows, cols],
+                                         tensors["advantages"][chunk_rows], settings.clip_range)
+        # this call's steps' share (steps / micro_steps) of the optimiser step's loss
+        accelerator.backward(loss * accelerator.num_processes * steps / micro_steps if real else loss * 0.0)
         if real:
             sums += torch.tensor([loss.item(), info["approx_kl"].item(), info["clipfrac"].item()],
-                                 dtype=torch.float64) / micro_steps
+                                 dtype=torch.float64) * steps / micro_steps
     return sums
