@@ -2,12 +2,15 @@
 # Reference-size figures on one GPU without downloading anything: a random-weight model with the
 # SD v1.4 architecture (tools/build_sd_random.py; timings and memory are SD v1.4's, images noise).
 #  1. python tools/bench.py at B = 8, K = 5, T = 20, s = 14, CFG, fp16: the branch sampler
-#     against a plain StableDiffusionPipeline and the trainer against a bare LoRA UNet
-#     forward+backward, timed alternately with warm-up excluded (the scripts' memory is part 2).
+#     against a plain StableDiffusionPipeline, the trainer against a bare LoRA UNet
+#     forward+backward, and the trainer with every step of a batch in one UNet call
+#     (train.steps_per_forward = s) against one step a call, timed alternately with warm-up
+#     excluded (the scripts' memory is part 2).
 #  2. One stage at the reference settings (config/stage_process.py, one sampling batch of
-#     8 prompts x 5 branches, training batch 1) through the three scripts: peak GPU memory of
-#     sampling (UNet chunk 80 latents, VAE decode chunk 8) and of training, then training again
-#     with gradient checkpointing, and sampling again with a UNet chunk of 20 (for 24 GB cards).
+#     8 prompts x 5 branches, training batch 2) through the three scripts: peak GPU memory and
+#     seconds of sampling (UNet chunk 80 latents, VAE decode chunk 8) and of training, then
+#     training again with gradient checkpointing, again with train.steps_per_forward = 14, and
+#     sampling again with a UNet chunk of 20 (for 24 GB cards).
 # Run from the repository root; on the device tool, carry .wheels (diffusers, ml_collections and
 # absl-py wheels) when the machine lacks them.
 #
@@ -37,12 +40,14 @@ for script in run_sample.py run_select.py run_train.py; do
 done
 rm "$run/COMPLETE"
 python3 run_train.py "${flags[@]}" --config.train.gradient_checkpointing=True 2>&1 | grep -E "INFO|error"
+rm "$run/COMPLETE"
+python3 run_train.py "${flags[@]}" --config.train.steps_per_forward 14 2>&1 | grep -E "INFO|error"
 python3 run_sample.py "${flags[@]}" --config.exp_name chunk20 --config.sample.unet_chunk_size 20 2>&1 \
   | grep -E "INFO|error"
 python3 - "$run/metrics.jsonl" "$out/runs/chunk20/stage0/metrics.jsonl" <<'PY' | tee "$out/memory.txt"
 import json, sys
-labels = iter(["sampling, UNet chunk 80", "training, batch 1", "training, batch 1, gradient checkpointing",
-               "sampling, UNet chunk 20"])
+labels = iter(["sampling, UNet chunk 80", "training, batch 2", "training, batch 2, gradient checkpointing",
+               "training, batch 2, steps_per_forward 14", "sampling, UNet chunk 20"])
 for path in sys.argv[1:]:
     for line in open(path):
         m = json.loads(line)
