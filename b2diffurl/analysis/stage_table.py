@@ -62,8 +62,14 @@ def success_lines(run: str) -> list[str]:
     return lines
 
 
-if __name__ == "__main__":
-    run = sys.argv[1] if len(sys.argv) > 1 else "model/tiny"
+def main(argv: list[str] | None = None) -> None:
+    """Print the table and the held-out success lines of the run folder argv[0] (default model/tiny)."""
+    argv = sys.argv[1:] if argv is None else argv
+    run = argv[0] if argv else "model/tiny"
     print(format_table(stage_table(read_run_metrics(run))))
     for line in success_lines(run):
         print(line)
+
+
+if __name__ == "__main__":
+    main()
