@@ -151,3 +151,20 @@ def test_pretraining_saves_a_pipeline_that_loads_and_generates(tmp_path):
     pretrain(str(tmp_path / "again"), minutes=10.0, seed=0, batch_size=8, max_steps=2)  # the same seed again
     again = StableDiffusionPipeline.from_pretrained(str(tmp_path / "again"), safety_checker=None)
     assert all(torch.equal(a, b) for a, b in zip(again.unet.state_dict().values(), pipe.unet.state_dict().values()))
+
+
+def test_failure_modes_name_the_first_thing_wrong_and_the_groups_that_teach():
+    import numpy as np
+
+    from b2diffurl.world.failures import stage_failures
+
+    rng = np.random.default_rng(0)
+    caption = "a red circle above a blue square"
+    drawn = [caption, "a red circle below a blue square", "a green circle above a blue square", "a red circle",
+             caption, caption]  # group 0: one of each outcome and a success; group 1: successes only
+    images = np.stack([render(text, rng) for text in drawn])
+    result = stage_failures([caption] * 6, [0, 0, 0, 0, 1, 1], images)
+    assert result["images"] == 6 and result["groups"] == 2 and result["contrasting_groups"] == 1
+    assert result["all"] == {"success": 0.5, "wrong count": 1 / 6, "wrong object": 1 / 6, "wrong relation": 1 / 6}
+    assert result["failing_in_contrasting"] == {"success": 0.0, "wrong count": 1 / 3, "wrong object": 1 / 3,
+                                                "wrong relation": 1 / 3}

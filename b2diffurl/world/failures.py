@@ -1,0 +1,70 @@
+"""Which failure modes a stage's branch samples show, and which of them a branch group can teach.
+
+    python -m b2diffurl.world.failures model/scale/b2diffurl_seed1/stage0 [more stage folders]
+
+Reads each stage folder's sample.pkl (prompts, groups) and images.pt, checks every two-object
+image against its caption (b2diffurl.world.shapes.check), and prints per folder the share of
+each outcome (`failure_mode`) over all two-object images, and over the branch groups that hold
+both a success and a failure (the groups whose best and worst branch give the update a
+contrast) the outcome of their failing branches.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import sys
+
+from b2diffurl.world import shapes
+
+MODES = ("success", "wrong count", "wrong object", "wrong relation")
+
+
+def failure_mode(checks: dict[str, bool]) -> str:
+    """The first thing wrong of a two-object image's checks, in the order count (an object
+    missing or extra), objects (a stated colour and shape not drawn), relation."""
+    if all(checks.values()):
+        return "success"
+    if not checks["count"]:
+        return "wrong count"
+    if not all(value for key, value in checks.items() if key.startswith(("colour", "shape"))):
+        return "wrong object"
+    return "wrong relation"
+
+
+def stage_failures(prompts: list[str], groups: list[int], images) -> dict:
+    """Outcome shares over all two-object images and over the failing branches of contrasting groups."""
+    modes = {}
+    by_group = collections.defaultdict(list)
+    for i, (prompt, group) in enumerate(zip(prompts, groups)):
+        if shapes.parse_caption(prompt).relation is not None:
+            modes[i] = failure_mode(shapes.check(images[i], prompt))
+            by_group[group].append(modes[i])
+    contrasting = [m for m in by_group.values() if "success" in m and any(x != "success" for x in m)]
+    failing = [x for m in contrasting for x in m if x != "success"]
+
+    def shares(values: list[str]) -> dict:
+        return {mode: values.count(mode) / max(len(values), 1) for mode in MODES}
+
+    return {"images": len(modes), "all": shares(list(modes.values())), "groups": len(by_group),
+            "contrasting_groups": len(contrasting), "failing_in_contrasting": shares(failing)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    import torch
+
+    from b2diffurl.stage.sample_file import load_samples
+
+    for folder in (sys.argv[1:] if argv is None else argv):
+        record = load_samples(os.path.join(folder, "sample.pkl"))
+        images = torch.load(os.path.join(folder, "images.pt"), weights_only=True).numpy()
+        result = stage_failures(record["prompts"], record["group_id"].tolist(), images)
+        print(f"{folder}: {result['images']} two-object images in {result['groups']} groups; "
+              + ", ".join(f"{mode} {share:.3f}" for mode, share in result["all"].items()))
+        print(f"  {result['contrasting_groups']} groups with a success and a failure; their failing branches: "
+              + ", ".join(f"{mode} {share:.3f}" for mode, share in result["failing_in_contrasting"].items()
+                          if mode != "success"))
+
+
+if __name__ == "__main__":
+    main()
