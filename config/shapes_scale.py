@@ -5,8 +5,10 @@ at x_T in every stage (s = T = 10: the layout of a scene, where the main failure
 the first steps), the release's update of 128 samples an optimiser step counted across 2
 epochs (as forward batches of 16 x accumulation 8 rather than the release's 2 x 64: the same
 loss, a mean over 128 samples, with 8 times fewer UNet calls, which on a CPU cost their overhead
-more than their work; an epoch leaves out up to 15 samples instead of 1), lr 3e-3, clip range 0.2, and 17 stages: 52,224 images sampled. Held-out evaluation every 4 stages and after the last, 4 images per caption
-(1,248 held-out two-object images, 95% interval about +-0.02), on the same noise as the base.
+more than their work; an epoch leaves out up to 15 samples instead of 1), lr 3e-3, clip range
+0.2, and 17 stages: 52,224 images sampled. Held-out evaluation every 4 stages and after the
+last, 4 images per caption (1,248 held-out two-object images, 95% interval about +-0.02), on
+the same noise as the base.
 
     python -m b2diffurl.analysis.compare --config config/shapes_scale.py --out model/scale --methods b2diffurl,control,ddpo
 """

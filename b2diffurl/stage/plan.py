@@ -12,7 +12,6 @@ an empty line. Torch-free, so that run_process.sh asks it cheaply.
 from __future__ import annotations
 
 import dataclasses
-import sys
 
 from b2diffurl.errors import UserError
 from b2diffurl.method.curriculum import split_step_for_stage
@@ -65,17 +64,17 @@ def layout(config) -> dict:
             "eval_every": config.eval.every, "log_dir": f"{config.log_dir}/{config.exp_name}", "run_dir": run_dir(config)}
 
 
-def print_plan(config, field: str | None = None, out=sys.stdout) -> None:
+def print_plan(config, field: str | None = None) -> None:
     """The table of every stage's plan; with field "layout", the run's layout before it."""
     if field not in (None, "layout"):
         raise UserError(f"unknown argument {field!r}: the only one is layout")
     if field == "layout":
-        print("".join(f"{name}={value}\n" for name, value in layout(config).items()), file=out)
-    print("stage split_step branch_point seed complete resume_from", file=out)
+        print("".join(f"{name}={value}\n" for name, value in layout(config).items()))
+    print("stage split_step branch_point seed complete resume_from")
     for stage in range(config.stages.num_stages):
         plan = plan_stage(config, stage)
         print(plan.stage, plan.split_step, plan.branch_point, plan.seed, "yes" if plan.paths.is_complete() else "no",
-              plan.resume_from or "-", file=out)
+              plan.resume_from or "-")
 
 
 if __name__ == "__main__":

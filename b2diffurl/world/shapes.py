@@ -169,6 +169,12 @@ def _components(mask: np.ndarray) -> list[np.ndarray]:
     return components
 
 
+# The nudges _shape_of tries: half-extent by up to half a pixel, centre by up to a quarter,
+# each shaped [45, 1, 1] to broadcast over the image.
+_NUDGES = tuple(v.reshape(-1, 1, 1) for v in np.meshgrid([-0.5, -0.25, 0.0, 0.25, 0.5], [-0.25, 0.0, 0.25],
+                                                         [-0.25, 0.0, 0.25], indexing="ij"))
+
+
 def _shape_of(component: np.ndarray) -> str:
     """circle, square or triangle: the shape whose rendering (`_mask`, centred on the
     component's bounding box, with its half-extent and centre nudged by up to half a pixel)
@@ -178,8 +184,7 @@ def _shape_of(component: np.ndarray) -> str:
     ys, xs = np.nonzero(component)
     cx, cy = (xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2
     half = max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1) / 2
-    dr, dx, dy = (v.reshape(-1, 1, 1) for v in np.meshgrid([-0.5, -0.25, 0.0, 0.25, 0.5], [-0.25, 0.0, 0.25],
-                                                             [-0.25, 0.0, 0.25], indexing="ij"))
+    dr, dx, dy = _NUDGES
     best = {}
     for shape in SHAPES:  # all 45 nudged renderings at once: [45, SIZE, SIZE]
         masks = _mask(shape, cx + dx, cy + dy, half + dr)
