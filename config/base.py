@@ -97,6 +97,7 @@ def get_config() -> ml_collections.ConfigDict:
     train.pos_weight = 1.0  # beta+, weight of samples with positive advantage (original: beta1)
     train.neg_weight = 1.0  # beta-, weight of samples with negative advantage (original: beta2)
     train.max_grad_norm = 1.0  # gradient-norm clip
+    train.fresh_optimizer = False  # True: each stage starts a new AdamW state (the release carries the previous stage's)
     train.steps_per_forward = 1  # steps of each sample per UNet call (rows = batch_size x this; 1 to s): the same update, fewer and larger calls
     train.gradient_checkpointing = False  # recompute UNet activations in the backward pass: less memory, slower
     train.use_8bit_adam = False  # bitsandbytes' 8-bit AdamW (needs bitsandbytes installed): smaller optimiser state

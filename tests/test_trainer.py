@@ -255,6 +255,27 @@ def test_fp16_loss_scale_is_carried_from_stage_to_stage(tiny_config, monkeypatch
     assert steps[0]["loss_scale"] == first["loss_scale_end"]
 
 
+@pytest.mark.parametrize("fresh", [False, True])
+def test_adam_state_is_carried_from_stage_to_stage_unless_fresh_optimizer(tiny_config, fresh):
+    """By default stage k resumes stage k-1's AdamW state, as the release's accelerate state
+    does: its step count runs on. train.fresh_optimizer starts each stage from a new state."""
+    from b2diffurl.logs import read_run_metrics
+    from b2diffurl.stage import sample, select, train
+
+    tiny_config.train.batch_size, tiny_config.train.gradient_accumulation_steps = 1, 1
+    tiny_config.train.fresh_optimizer = fresh
+    for stage in (0, 1):
+        tiny_config.stage = stage
+        for step in (sample.sample_stage, select.select_stage, train.train_stage):
+            step(tiny_config)
+    run = f"{tiny_config.save_path}/{tiny_config.exp_name}"
+    first, second = [r["optimizer_steps"] for r in read_run_metrics(run) if r["event"] == "train"]
+    assert first > 0 and second > 0
+    state = torch.load(f"{run}/stage1/checkpoints/optimizer.pt", weights_only=True)["state"]
+    adam_steps = {int(s["step"]) for s in state.values()}
+    assert adam_steps == {second if fresh else first + second}
+
+
 @pytest.mark.parametrize("steps_per_forward", [2, 3])
 def test_several_steps_per_forward_make_the_same_update(tiny_config, steps_per_forward):
     """train.steps_per_forward puts several steps of each sample into one UNet call: the same

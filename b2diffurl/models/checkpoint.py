@@ -81,9 +81,9 @@ def load_lora(unet, directory: str) -> None:
         raise ValueError(f"{directory}: LoRA keys that match no UNet layer, e.g. {unexpected[:3]}")
 
 
-def load_training_state(directory: str, optimizer: torch.optim.Optimizer, scaler=None) -> list[str]:
-    """Restore the optimiser state (and, given a grad scaler, its state) saved beside a LoRA,
-    where there is one; returns the names of what was restored."""
+def load_training_state(directory: str, optimizer: torch.optim.Optimizer | None, scaler=None) -> list[str]:
+    """Restore the optimiser state (given an optimiser) and the grad scaler's (given one) saved
+    beside a LoRA, where there is one; returns the names of what was restored."""
     restored = []
     for name, target, file in (("optimiser", optimizer, OPTIMIZER_FILE), ("grad scaler", scaler, SCALER_FILE)):
         path = os.path.join(directory, file)

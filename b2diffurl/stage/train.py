@@ -1,7 +1,8 @@
 """Step 3 of a stage (run_train.py): the clipped policy-gradient update of the LoRA.
 
 Reads:  stage{k}/sample_stage.pkl (the selected trajectories with their advantages),
-        stage{k-1}/checkpoints/ (the LoRA and the optimiser and grad-scaler state it resumes).
+        stage{k-1}/checkpoints/ (the LoRA, and the optimiser and grad-scaler state it resumes
+        unless train.fresh_optimizer).
 Writes: stage{k}/checkpoints/ (the LoRA in the diffusers format, optimizer.pt,
         grad_scaler.pt under fp16, training_state.json), `optimizer_step` and `train` lines in
         metrics.jsonl, then COMPLETE (last: the stage is done).
@@ -66,7 +67,10 @@ def train_stage(config) -> None:
     if config.train.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
     optimizer = build_optimizer(config, lora_parameters(pipe.unet))
-    restored = load_training_state(plan.resume_from, optimizer, accelerator.scaler) if plan.resume_from else []
+    restored = []
+    if plan.resume_from:
+        carried = None if config.train.fresh_optimizer else optimizer
+        restored = load_training_state(plan.resume_from, carried, accelerator.scaler)
     if restored:
         log.info("%s state restored from %s", " and ".join(restored), plan.resume_from)
     metrics_path = stage_paths.metrics
