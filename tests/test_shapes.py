@@ -87,6 +87,73 @@ def test_the_image_parser_reads_colour_shape_and_position_through_noise():
         assert score(noisy, caption) == 1.0, (caption.text(), check(noisy, caption))
 
 
+def _reference_parse(image):
+    """parse_image written the plain way: a flood fill per region, every nudged rendering over
+    the whole image."""
+    palette = np.array([shapes.BACKGROUND, *COLOURS.values()], np.float32)
+    nearest = ((image[:, :, None, :].astype(np.float32) - palette) ** 2).sum(-1).argmin(-1)
+    found = []
+    for index, colour in enumerate(COLOURS, start=1):
+        seen = np.zeros(nearest.shape, bool)
+        for start in zip(*np.nonzero(nearest == index)):
+            if seen[start]:
+                continue
+            region, stack = [], [start]
+            seen[start] = True
+            while stack:
+                y, x = stack.pop()
+                region.append((y, x))
+                for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+                    if 0 <= ny < shapes.SIZE and 0 <= nx < shapes.SIZE and nearest[ny, nx] == index and not seen[ny, nx]:
+                        seen[ny, nx] = True
+                        stack.append((ny, nx))
+            if len(region) < shapes.MIN_PIXELS:
+                continue
+            mask = np.zeros(nearest.shape, bool)
+            mask[tuple(np.array(region).T)] = True
+            ys, xs = np.nonzero(mask)
+            cx, cy = (xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2
+            half = max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1) / 2
+            dr, dx, dy = shapes._NUDGES
+            iou = {shape: ((m & mask).sum((1, 2)) / (m | mask).sum((1, 2))).max()
+                   for shape in SHAPES for m in [shapes._mask(shape, cx + dx, cy + dy, half + dr)]}
+            found.append(shapes.Found(colour, max(iou, key=iou.get), xs.mean() + 0.5, ys.mean() + 0.5, len(region)))
+    return found
+
+
+def _ragged_images(rng, n):
+    """Scenes a parser finds hard: noisy renders, blocky random colour maps, and a snake (one
+    region whose ends are hundreds of steps apart)."""
+    colours = np.array([shapes.BACKGROUND, *COLOURS.values()], np.int64)
+    images = []
+    for i in range(n):
+        if i % 2:
+            image = render(TWO[(i * 37) % len(TWO)], rng).astype(np.int64)
+            image += rng.normal(0, 45, image.shape).round().astype(np.int64)
+        else:
+            cells = rng.integers(0, len(colours), (8, 8))
+            image = colours[np.kron(cells, np.ones((4, 4), np.int64))]
+            image += rng.normal(0, 30, image.shape).round().astype(np.int64)
+        images.append(np.clip(image, 0, 255).astype(np.uint8))
+    snake = np.zeros((shapes.SIZE, shapes.SIZE), np.int64)
+    snake[::2] = 1  # every other row, joined at alternate ends: one region of 528 pixels
+    snake[1::4, -1] = snake[3::4, 0] = 1
+    images.append(colours[snake * 2].astype(np.uint8))
+    return np.stack(images)
+
+
+def test_the_batched_parser_reads_what_a_plain_flood_fill_reads(monkeypatch):
+    images = _ragged_images(np.random.default_rng(5), 60)
+    parsed = shapes.parse_images(images)
+    assert sum(len(found) for found in parsed) > 150  # many regions, not a few easy ones
+    assert [f.pixels for f in parsed[-1]] == [16 * 32 + 16]  # the snake is one region
+    for image, found in zip(images, parsed):
+        assert found == _reference_parse(image)
+    assert shapes.parse_image(images[3]) == parsed[3]
+    monkeypatch.setattr(shapes, "PARSE_CHUNK", 16)
+    assert shapes.parse_images(images) == parsed
+
+
 def test_the_shapes_rewards_score_batches_through_the_registry():
     from b2diffurl.models.rewards import build_reward, score_images
     from config import base

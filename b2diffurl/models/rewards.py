@@ -187,8 +187,7 @@ def shapes_exact(reward_config, device) -> Reward:
     caption's objects, in their colours and shapes and stated relation, else 0.0."""
     from b2diffurl.world import shapes
 
-    return _grouped(lambda images, prompts: np.array([shapes.score(image, p) for image, p in zip(images, prompts)]),
-                    shapes.prompt_groups)
+    return _grouped(lambda images, prompts: shapes.scores(images, prompts), shapes.prompt_groups)
 
 
 @register("shapes_partial")
@@ -197,8 +196,7 @@ def shapes_partial(reward_config, device) -> Reward:
     object count) the image satisfies (b2diffurl.world.shapes.partial_score)."""
     from b2diffurl.world import shapes
 
-    return _grouped(lambda images, prompts: np.array([shapes.partial_score(image, p) for image, p in zip(images, prompts)]),
-                    shapes.prompt_groups)
+    return _grouped(lambda images, prompts: shapes.scores(images, prompts, partial=True), shapes.prompt_groups)
 
 
 def _grouped(reward: Reward, prompt_groups: Callable[[str], tuple[str, ...]]) -> Reward:

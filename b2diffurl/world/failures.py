@@ -3,7 +3,7 @@
     python -m b2diffurl.world.failures model/scale/b2diffurl_seed1/stage0 [more stage folders]
 
 Reads each stage folder's sample.pkl (prompts, groups) and images.pt, checks every two-object
-image against its caption (b2diffurl.world.shapes.check), and prints per folder the share of
+image against its caption (b2diffurl.world.shapes.check_all), and prints per folder the share of
 each outcome (`failure_mode`) over all two-object images, and over the branch groups that hold
 both a success and a failure (the groups whose best and worst branch give the update a
 contrast) the outcome of their failing branches.
@@ -14,6 +14,8 @@ from __future__ import annotations
 import collections
 import os
 import sys
+
+import numpy as np
 
 from b2diffurl.world import shapes
 
@@ -34,12 +36,12 @@ def failure_mode(checks: dict[str, bool]) -> str:
 
 def stage_failures(prompts: list[str], groups: list[int], images) -> dict:
     """Outcome shares over all two-object images and over the failing branches of contrasting groups."""
-    modes = {}
+    pairs = [i for i, prompt in enumerate(prompts) if shapes.parse_caption(prompt).relation is not None]
+    checks = shapes.check_all(np.asarray(images)[pairs], [prompts[i] for i in pairs])
+    modes = {i: failure_mode(c) for i, c in zip(pairs, checks)}
     by_group = collections.defaultdict(list)
-    for i, (prompt, group) in enumerate(zip(prompts, groups)):
-        if shapes.parse_caption(prompt).relation is not None:
-            modes[i] = failure_mode(shapes.check(images[i], prompt))
-            by_group[group].append(modes[i])
+    for i in pairs:
+        by_group[groups[i]].append(modes[i])
     contrasting = [m for m in by_group.values() if "success" in m and any(x != "success" for x in m)]
     failing = [x for m in contrasting for x in m if x != "success"]
 

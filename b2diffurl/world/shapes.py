@@ -6,10 +6,10 @@ one of four colours. Captions:
     "a red circle"
     "a blue square to the left of a green triangle"   (also: to the right of, above, below)
 
-`render` draws a caption (hard edges, random placement and size); `parse_image` reads the
-objects back from pixels (nearest palette colour, connected components, shape as the
-rendering that overlaps the component best); `check` says which of a caption's attributes an image
-satisfies. The `shapes` reward (b2diffurl.models.rewards) is 1.0 when every attribute holds and 0.0
+`render` draws a caption (hard edges, random placement and size); `parse_images` reads the
+objects back from a batch of images (nearest palette colour, connected components, shape as the
+rendering that overlaps the component best); `check_all` says which of its caption's attributes
+each image satisfies (`parse_image` and `check` do one image). The `shapes` reward (b2diffurl.models.rewards) is 1.0 when every attribute holds and 0.0
 otherwise; `shapes_partial` is the fraction that holds, for diagnosis.
 """
 
@@ -30,6 +30,7 @@ RELATIONS = ("to the left of", "to the right of", "above", "below")
 HELD_OUT_BINDINGS = (("red", "triangle"), ("green", "square"), ("blue", "circle"))
 MIN_PIXELS = 8  # smaller components are noise, not objects
 MARGIN = 2.0  # pixels by which centroids must differ for a relation to hold
+PARSE_CHUNK = 256  # images parsed at once
 
 _OBJECT = rf"a ({'|'.join(COLOURS)}) ({'|'.join(SHAPES)})"
 _CAPTION = re.compile(rf"^{_OBJECT}(?: ({'|'.join(RELATIONS)}) {_OBJECT})?$")
@@ -98,10 +99,13 @@ def prompt_groups(text: str) -> tuple[str, ...]:
     return (f"{count}, {split}",) + ((HELD_OUT_TWO_OBJECTS,) if count == "two objects" else ())
 
 
-def _mask(shape: str, cx: float, cy: float, r: float) -> np.ndarray:
+def _mask(shape: str, cx: float, cy: float, r: float, window: tuple[int, int, int, int] = (0, SIZE, 0, SIZE)
+          ) -> np.ndarray:
     """Boolean [SIZE, SIZE] mask of a shape with centre (cx, cy) and half-extent r (pixel centres);
-    [n, SIZE, SIZE] masks for arrays of n centres and half-extents shaped [n, 1, 1]."""
-    y, x = np.mgrid[0:SIZE, 0:SIZE] + 0.5
+    [n, SIZE, SIZE] masks for arrays of n centres and half-extents shaped [n, 1, 1]. `window`
+    (y0, y1, x0, x1) gives the mask of those rows and columns only."""
+    y0, y1, x0, x1 = window
+    y, x = np.mgrid[y0:y1, x0:x1] + 0.5
     if shape == "square":
         return (np.abs(x - cx) <= r) & (np.abs(y - cy) <= r)
     if shape == "circle":
@@ -149,24 +153,29 @@ class Found:
     pixels: int
 
 
-def _components(mask: np.ndarray) -> list[np.ndarray]:
-    """Boolean masks of the 4-connected components of `mask`."""
-    labels = np.zeros(mask.shape, np.int32)
-    components = []
-    for start in zip(*np.nonzero(mask)):
-        if labels[start]:
-            continue
-        label = len(components) + 1
-        labels[start] = label
-        stack = [start]
-        while stack:
-            y, x = stack.pop()
-            for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
-                if 0 <= ny < mask.shape[0] and 0 <= nx < mask.shape[1] and mask[ny, nx] and not labels[ny, nx]:
-                    labels[ny, nx] = label
-                    stack.append((ny, nx))
-        components.append(labels == label)
-    return components
+def _label_regions(nearest: np.ndarray) -> np.ndarray:
+    """[N, SIZE, SIZE] labels of the 4-connected regions of equal nonzero `nearest` (0 stays 0):
+    every pixel of a region takes 1 + the largest flat index among its pixels. All images at
+    once: each pass takes the largest label among same-colour neighbours, then follows each label
+    to the pixel it names (pointer jumping), until nothing changes."""
+    n = len(nearest)
+    flat_index = np.arange(1, SIZE * SIZE + 1, dtype=np.int32).reshape(SIZE, SIZE)
+    labels = np.where(nearest > 0, flat_index, np.int32(0))
+    joins_right = (nearest[:, :, 1:] == nearest[:, :, :-1]) & (nearest[:, :, 1:] > 0)
+    joins_down = (nearest[:, 1:, :] == nearest[:, :-1, :]) & (nearest[:, 1:, :] > 0)
+    rows = np.arange(n)[:, None]
+    while True:
+        new = labels.copy()
+        np.maximum(new[:, :, :-1], np.where(joins_right, labels[:, :, 1:], 0), out=new[:, :, :-1])
+        np.maximum(new[:, :, 1:], np.where(joins_right, labels[:, :, :-1], 0), out=new[:, :, 1:])
+        np.maximum(new[:, :-1, :], np.where(joins_down, labels[:, 1:, :], 0), out=new[:, :-1, :])
+        np.maximum(new[:, 1:, :], np.where(joins_down, labels[:, :-1, :], 0), out=new[:, 1:, :])
+        flat = new.reshape(n, -1)
+        flat = np.where(flat > 0, flat[rows, np.maximum(flat - 1, 0)], 0)  # jump to the named pixel's label
+        new = flat.reshape(labels.shape)
+        if np.array_equal(new, labels):
+            return labels
+        labels = new
 
 
 # The nudges _shape_of tries: half-extent by up to half a pixel, centre by up to a quarter,
@@ -184,28 +193,53 @@ def _shape_of(component: np.ndarray) -> str:
     ys, xs = np.nonzero(component)
     cx, cy = (xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2
     half = max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1) / 2
+    # Every nudged rendering lies within half + 1.25 pixels of the centre, and the component
+    # within its box: outside this window both are empty, so the counts are the whole image's.
+    reach = half + 2
+    window = (max(0, int(cy - reach)), min(SIZE, int(cy + reach) + 1),
+              max(0, int(cx - reach)), min(SIZE, int(cx + reach) + 1))
+    part = component[window[0]:window[1], window[2]:window[3]]
     dr, dx, dy = _NUDGES
     best = {}
-    for shape in SHAPES:  # all 45 nudged renderings at once: [45, SIZE, SIZE]
-        masks = _mask(shape, cx + dx, cy + dy, half + dr)
-        best[shape] = ((masks & component).sum((1, 2)) / (masks | component).sum((1, 2))).max()
+    for shape in SHAPES:  # all 45 nudged renderings at once: [45, h, w]
+        masks = _mask(shape, cx + dx, cy + dy, half + dr, window)
+        best[shape] = ((masks & part).sum((1, 2)) / (masks | part).sum((1, 2))).max()
     return max(best, key=best.get)
 
 
-def parse_image(image: np.ndarray) -> list[Found]:
-    """The objects of an image: every pixel takes the nearest of the background and palette
-    colours; each connected same-colour region of at least MIN_PIXELS pixels is an object."""
+def parse_images(images: np.ndarray) -> list[list[Found]]:
+    """The objects of each image of a uint8 [N, SIZE, SIZE, 3] batch: every pixel takes the
+    nearest of the background and palette colours; each connected same-colour region of at least
+    MIN_PIXELS pixels is an object. An image's objects come in COLOURS order, then in the order
+    of their first pixel row by row."""
+    if len(images) > PARSE_CHUNK:  # bounded arrays, and the regions' passes stop at the chunk's slowest
+        return [found for i in range(0, len(images), PARSE_CHUNK) for found in parse_images(images[i:i + PARSE_CHUNK])]
     palette = np.array([BACKGROUND, *COLOURS.values()], np.float32)
-    distances = ((image[:, :, None, :].astype(np.float32) - palette) ** 2).sum(-1)
+    distances = ((np.asarray(images)[:, :, :, None, :].astype(np.float32) - palette) ** 2).sum(-1)
     nearest = distances.argmin(-1)  # 0 background, 1.. the colours in COLOURS order
-    found = []
-    for index, colour in enumerate(COLOURS, start=1):
-        for component in _components(nearest == index):
-            pixels = int(component.sum())
-            if pixels >= MIN_PIXELS:
-                ys, xs = np.nonzero(component)
-                found.append(Found(colour, _shape_of(component), xs.mean() + 0.5, ys.mean() + 0.5, pixels))
+    labels = _label_regions(nearest)
+    image_of, y, x = np.nonzero(labels)
+    region_ids, region_of, pixels = np.unique(image_of * SIZE * SIZE + labels[image_of, y, x] - 1,
+                                              return_inverse=True, return_counts=True)
+    first = np.full(len(region_ids), SIZE * SIZE)
+    np.minimum.at(first, region_of, y * SIZE + x)
+    sum_x, sum_y = np.bincount(region_of, x, len(region_ids)), np.bincount(region_of, y, len(region_ids))
+    found = [[] for _ in range(len(images))]
+    images_of, flat_of = np.divmod(region_ids, SIZE * SIZE)
+    colours = nearest[images_of, flat_of // SIZE, flat_of % SIZE]
+    names = list(COLOURS)
+    for r in np.lexsort((first, colours, images_of)):
+        if pixels[r] >= MIN_PIXELS:
+            i = images_of[r]
+            component = labels[i] == flat_of[r] + 1
+            found[i].append(Found(names[colours[r] - 1], _shape_of(component), sum_x[r] / pixels[r] + 0.5,
+                                  sum_y[r] / pixels[r] + 0.5, int(pixels[r])))
     return found
+
+
+def parse_image(image: np.ndarray) -> list[Found]:
+    """The objects of one uint8 [SIZE, SIZE, 3] image (parse_images)."""
+    return parse_images(image[None])[0]
 
 
 def _relation_holds(a: Found, b: Found, relation: str) -> bool:
@@ -218,12 +252,7 @@ def _relation_holds(a: Found, b: Found, relation: str) -> bool:
     return a.cy > b.cy + MARGIN  # below
 
 
-def check(image: np.ndarray, caption: Caption | str) -> dict[str, bool]:
-    """Which of the caption's attributes the image satisfies: per object its colour (an object
-    of that colour exists) and its shape (one of that colour and shape exists), the relation
-    (two such objects stand in it), and the count (exactly as many objects as stated)."""
-    caption = parse_caption(caption) if isinstance(caption, str) else caption
-    found = parse_image(image)
+def _checks(found: list[Found], caption: Caption) -> dict[str, bool]:
     checks = {}
     matches = []
     for i, (colour, shape) in enumerate(caption.objects):
@@ -237,12 +266,31 @@ def check(image: np.ndarray, caption: Caption | str) -> dict[str, bool]:
     return checks
 
 
+def check_all(images: np.ndarray, captions: list[Caption | str]) -> list[dict[str, bool]]:
+    """Which of its caption's attributes each image satisfies: per object its colour (an object
+    of that colour exists) and its shape (one of that colour and shape exists), the relation
+    (two such objects stand in it), and the count (exactly as many objects as stated)."""
+    captions = [parse_caption(c) if isinstance(c, str) else c for c in captions]
+    return [_checks(found, caption) for found, caption in zip(parse_images(images), captions)]
+
+
+def check(image: np.ndarray, caption: Caption | str) -> dict[str, bool]:
+    """check_all for one image."""
+    return check_all(image[None], [caption])[0]
+
+
+def scores(images: np.ndarray, captions: list[Caption | str], partial: bool = False) -> np.ndarray:
+    """Per image 1.0 if it satisfies every attribute of its caption, else 0.0; with `partial`,
+    the fraction of the attributes it satisfies."""
+    return np.array([sum(c.values()) / len(c) if partial else float(all(c.values()))
+                     for c in check_all(images, captions)])
+
+
 def score(image: np.ndarray, caption: Caption | str) -> float:
     """1.0 if the image satisfies every attribute of the caption, else 0.0."""
-    return float(all(check(image, caption).values()))
+    return float(scores(image[None], [caption])[0])
 
 
 def partial_score(image: np.ndarray, caption: Caption | str) -> float:
     """The fraction of the caption's attributes the image satisfies."""
-    checks = check(image, caption)
-    return sum(checks.values()) / len(checks)
+    return float(scores(image[None], [caption], partial=True)[0])
