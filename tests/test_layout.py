@@ -1,5 +1,5 @@
-"""The package's layout holds: the method imports only itself, only command modules import the
-command-line layer, the imports form no cycle, and every command's work is a Python function."""
+"""The package's layout holds: the method imports only itself, the models neither the stages nor
+the analysis, only command modules import the command-line layer, the imports form no cycle, and every command's work is a Python function."""
 
 import ast
 import json
@@ -48,6 +48,15 @@ def test_the_method_imports_nothing_but_itself():
         if name.startswith("b2diffurl.method"):
             outside = {m for m in _imports(path, modules) if not m.startswith("b2diffurl.method")}
             assert not outside, f"{name} imports {outside}"
+
+
+def test_models_import_neither_stages_nor_analysis():
+    """The model loaders sit under the stages and the analysis, never on top of them."""
+    modules = _modules()
+    for name, path in modules.items():
+        if name.startswith("b2diffurl.models"):
+            above = {m for m in _imports(path, modules) if m.startswith(("b2diffurl.stage", "b2diffurl.analysis"))}
+            assert not above, f"{name} imports {above}"
 
 
 def test_only_commands_import_the_command_line_layer():

@@ -231,8 +231,8 @@ def test_fp16_loss_scale_is_carried_from_stage_to_stage(tiny_config, monkeypatch
     stage (the release carries it in accelerate's state). accelerate makes a scaler only on a
     GPU; here a CPU GradScaler stands in, growing every step so that its scale moves."""
     from b2diffurl.logs import read_run_metrics
-    from b2diffurl.models.pipeline import make_accelerator
     from b2diffurl.stage import sample, select, train
+    from b2diffurl.stage.context import make_accelerator
 
     def with_scaler(config):
         accelerator = make_accelerator(config)

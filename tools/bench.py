@@ -251,7 +251,7 @@ def bench_scripts(config, overrides: dict) -> dict:
 
 def main(argv) -> None:
     from b2diffurl.logs import setup_logging
-    from b2diffurl.models.pipeline import make_accelerator
+    from b2diffurl.stage.context import make_accelerator
     from b2diffurl.world.random_model import save_tiny_pipeline
 
     setup_logging()

@@ -26,8 +26,9 @@ from b2diffurl.files import atomic_torch_save
 from b2diffurl.method.branch_sampling import decode_images, latent_shape, sample_branches
 from b2diffurl.method.ddim import ddim_step_with_log_prob
 from b2diffurl.method.guidance import guided_noise
-from b2diffurl.models.pipeline import load_pipeline, lora_merged, make_accelerator
+from b2diffurl.models.pipeline import load_pipeline, lora_merged
 from b2diffurl.models.prompts import encode_prompts
+from b2diffurl.stage.context import make_accelerator
 from config import tiny
 
 B, T, S = 8, 20, 14

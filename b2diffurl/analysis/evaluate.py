@@ -33,9 +33,10 @@ def evaluate(config, lora: str | None = None, stage: int | None = None, prompt_f
     from b2diffurl.analysis.metrics import build_embedder, summarise
     from b2diffurl.files import atomic_write_json
     from b2diffurl.models.checkpoint import load_lora
-    from b2diffurl.models.pipeline import load_pipeline, make_accelerator
+    from b2diffurl.models.pipeline import load_pipeline
     from b2diffurl.models.prompts import load_prompts
     from b2diffurl.models.rewards import build_reward, score_images
+    from b2diffurl.stage.context import make_accelerator
     from b2diffurl.stage.paths import BASE_EVALUATION_FILE, StagePaths, run_dir
 
     prompt_file = prompt_file or config.eval.prompt_file

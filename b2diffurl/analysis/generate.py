@@ -83,7 +83,8 @@ def generate(config, prompts: list[str], lora: str | None = None, num_images: in
 
     from b2diffurl.analysis.grids import image_grid, save_grid
     from b2diffurl.models.checkpoint import load_lora
-    from b2diffurl.models.pipeline import load_pipeline, make_accelerator
+    from b2diffurl.models.pipeline import load_pipeline
+    from b2diffurl.stage.context import make_accelerator
 
     if not prompts:
         raise UserError("give at least one --prompt")

@@ -78,30 +78,3 @@ def lora_merged(unet, enabled: bool = True):
             for layer, weight in zip(layers, saved):
                 layer.unmerge()
                 layer.get_base_layer().weight.copy_(weight)
-
-
-def make_accelerator(config):
-    """The Accelerator of a script: device, mixed precision, TF32 where asked and available, and
-    a TensorBoard tracker in {run}/tensorboard when config.tensorboard and tensorboard is installed.
-    Under `accelerate launch` with N processes, only the main process logs at INFO level."""
-    import importlib.util
-    import os
-
-    from accelerate import Accelerator
-
-    from b2diffurl.stage.paths import run_dir
-
-    if config.allow_tf32 and torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    tensorboard = config.tensorboard and importlib.util.find_spec("tensorboard") is not None
-    # Launched on N processes without CUDA (accelerate launch --multi_gpu on a CPU box): gloo on CPU.
-    cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=cpu,
-                              log_with="tensorboard" if tensorboard else None,
-                              project_dir=os.path.join(run_dir(config), "tensorboard"))
-    if accelerator.num_processes > 1:
-        from b2diffurl.logs import setup_logging
-
-        setup_logging(accelerator.is_main_process)
-    return accelerator

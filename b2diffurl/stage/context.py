@@ -1,5 +1,5 @@
-"""What the three stage scripts share: the start (the plan, a complete stage skipped, an
-interrupted one cleared), the policy they start from, the sample files' `meta`, the trackers,
+"""What the three stage scripts share: their Accelerator, the start (the plan, a complete stage
+skipped, an interrupted one cleared), the policy they start from, the sample files' `meta`, the trackers,
 and the end (the completion marker)."""
 
 from __future__ import annotations
@@ -15,12 +15,36 @@ from b2diffurl.errors import UserError
 from b2diffurl.files import atomic_write_json
 from b2diffurl.models.checkpoint import load_lora
 from b2diffurl.models.pipeline import load_pipeline
-from b2diffurl.stage.paths import StagePaths
+from b2diffurl.stage.paths import StagePaths, run_dir
 from b2diffurl.stage.plan import StagePlan, plan_stage
 from b2diffurl.stage.resume import check_continuation
 from b2diffurl.stage.sample_file import FORMAT_VERSION
 
 log = logging.getLogger(__name__)
+
+
+def make_accelerator(config):
+    """The Accelerator of a script: device, mixed precision, TF32 where asked and available, and
+    a TensorBoard tracker in {run}/tensorboard when config.tensorboard and tensorboard is installed.
+    Under `accelerate launch` with N processes, only the main process logs at INFO level."""
+    import importlib.util
+
+    from accelerate import Accelerator
+
+    if config.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    tensorboard = config.tensorboard and importlib.util.find_spec("tensorboard") is not None
+    # Launched on N processes without CUDA (accelerate launch --multi_gpu on a CPU box): gloo on CPU.
+    cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=cpu,
+                              log_with="tensorboard" if tensorboard else None,
+                              project_dir=os.path.join(run_dir(config), "tensorboard"))
+    if accelerator.num_processes > 1:
+        from b2diffurl.logs import setup_logging
+
+        setup_logging(accelerator.is_main_process)
+    return accelerator
 
 
 def begin(config, accelerator, clear_interrupted: bool = False) -> StagePlan | None:

@@ -21,9 +21,8 @@ from b2diffurl.files import atomic_write_json, read_json
 from b2diffurl.logs import append_metrics
 from b2diffurl.method.selection import SELECTIONS
 from b2diffurl.method.statistics import new_history, normalise, record_stage
-from b2diffurl.models.pipeline import make_accelerator
 from b2diffurl.models.rewards import build_reward, score_images
-from b2diffurl.stage.context import begin, stage_meta, track
+from b2diffurl.stage.context import begin, make_accelerator, stage_meta, track
 from b2diffurl.stage.paths import StagePaths
 from b2diffurl.stage.plan import StagePlan
 from b2diffurl.stage.sample_file import concatenate, load_samples, save_samples, subset

@@ -19,9 +19,16 @@ import torch
 from b2diffurl.logs import append_metrics
 from b2diffurl.method.update import TrainSettings, lora_parameters, train_on_samples
 from b2diffurl.models.checkpoint import load_training_state, save_checkpoint
-from b2diffurl.models.pipeline import make_accelerator
 from b2diffurl.models.prompts import encode_prompts
-from b2diffurl.stage.context import begin, load_policy, mark_complete, peak_gpu_memory, stage_meta, track
+from b2diffurl.stage.context import (
+    begin,
+    load_policy,
+    make_accelerator,
+    mark_complete,
+    peak_gpu_memory,
+    stage_meta,
+    track,
+)
 from b2diffurl.stage.sample_file import load_samples
 
 log = logging.getLogger(__name__)
