@@ -50,7 +50,7 @@ def test_rows_table_and_plot_from_the_runs_evaluations(tmp_path):
     ddpo = [r for r in rows if r["method"] == "ddpo" and r["seed"] == 0]
     assert [r["images"] for r in ddpo] == [0, per_stage, 2 * per_stage]
     text = compare.table(rows)
-    assert f"| b2diffurl | 2 | {2 * per_stage} | 2 | 0.410 | seeds 0.400, 0.420 | – | – | 0.1900 |" in text
+    assert f"| b2diffurl | 2 | {2 * per_stage} | 2 | 0.410 | seeds 0.400, 0.420 | – | – | – | – | 0.1900 |" in text
     assert "| ddpo | 0 | 0 | 2 | 0.250 |" in text
     pytest.importorskip("matplotlib")
     compare.plot(rows, str(tmp_path / "compare.png"))
@@ -76,7 +76,7 @@ def test_paired_counts_against_the_base_and_the_results_file(tmp_path):
             json.dump({"results": {key: {"success": success, "diversity_all": 0.1, "reward_mean": rate,
                                          "prompts": prompts, "scores": scores}}}, f)
 
-    for method, after in (("b2diffurl", [1.0, 1.0, 0.0, 0.0]), ("control", [0.0, 0.0, 1.0, 1.0])):
+    for method, after in (("b2diffurl", [1.0, 1.0, 0.0, 0.0]), ("control", [1.0, 0.0, 0.0, 1.0])):
         run = os.path.join(str(tmp_path), f"{method}_seed0")
         write(os.path.join(run, "evaluation_base.json"), "base", [0.0, 0.0, 1.0, 1.0])
         write(os.path.join(run, "stage0", "evaluation.json"), "lora", after)
@@ -85,12 +85,16 @@ def test_paired_counts_against_the_base_and_the_results_file(tmp_path):
     last = {r["method"]: r for r in rows if r["stages"] == 1}
     # the one-object caption (right before, wrong after) is not a held-out two-object image
     assert (last["b2diffurl"]["gained"], last["b2diffurl"]["lost"]) == (2, 1)
-    assert (last["control"]["gained"], last["control"]["lost"]) == (0, 0)
-    assert "| b2diffurl | 1 |" in compare.table(rows) and "| 2 / 1 | 0.33 |" in compare.table(rows)
+    assert (last["control"]["gained"], last["control"]["lost"]) == (1, 1)
+    # against the control's images on the same noise: one right only after training, none only after the control
+    assert (last["b2diffurl"]["gained_vs_control"], last["b2diffurl"]["lost_vs_control"]) == (1, 0)
+    assert "gained_vs_control" not in last["control"]
+    assert "| b2diffurl | 1 |" in compare.table(rows) and "| 2 / 1 | 0.33 | 1 / 0 | 1.00 |" in compare.table(rows)
     configs = {(m, 0): {"overrides": {"method": m}} for m in compare.METHODS}
     runs = compare.results(rows, configs)["runs"]  # the ddpo run has no evaluations: no entry
     assert [(r["method"], r["control"]) for r in runs] == [("b2diffurl", False), ("b2diffurl", True)]
     first = runs[0]
     assert (first["base_success"], first["final_success"], first["n"], first["gained"], first["lost"]) == (
         pytest.approx(1 / 3), pytest.approx(2 / 3), 3, 2, 1)
+    assert (first["gained_vs_control"], first["lost_vs_control"]) == (1, 0) and "lost_vs_control" not in runs[1]
     assert first["images"] == compare.images_per_stage(config) and first["config"] == {"overrides": {"method": "b2diffurl"}}

@@ -61,8 +61,10 @@ def images_per_stage(config) -> int:
 
 def collect(out: str, config, seeds: list[int]) -> list[dict]:
     """One row per (method, seed, evaluation) found under `out`: images sampled before it,
-    held-out two-object success and diversity."""
+    held-out two-object success and diversity, the paired counts against the base and, for a
+    run whose control (same seed) was evaluated after as many stages, against the control."""
     rows = []
+    evaluated = {}
     for method in METHODS:
         for seed in seeds:
             run = run_config(config, method, seed, out)
@@ -70,6 +72,7 @@ def collect(out: str, config, seeds: list[int]) -> list[dict]:
             evaluations, base = read_evaluations(os.path.join(out, run.exp_name), [])
             points = ([(0, base)] if base else []) + [(stage + 1, result) for stage, result in evaluations]
             for stages_done, result in points:
+                evaluated[method, seed, stages_done] = result
                 success = result.get("success", {}).get(HELD_OUT_TWO_OBJECTS, {})
                 rows.append({"method": method, "seed": seed, "stages": stages_done, **_paired(base, result),
                              "images": stages_done * per_stage, "success_rate": success.get("success_rate"),
@@ -77,12 +80,18 @@ def collect(out: str, config, seeds: list[int]) -> list[dict]:
                              "num_images": success.get("num_images"),
                              "diversity": result.get("diversity_all", float("nan")),
                              "reward_mean": result.get("reward_mean")})
+    for row in rows:
+        control = evaluated.get(("control", row["seed"], row["stages"]))
+        if row["method"] != "control" and row["stages"] > 0 and control:
+            against = _paired(control, evaluated[row["method"], row["seed"], row["stages"]])
+            row.update({f"{key}_vs_control": value for key, value in against.items() if key in ("gained", "lost")})
     return rows
 
 
 def _paired(base: dict | None, result: dict) -> dict:
-    """Gained/lost held-out two-object images of `result` against the base on the same noise."""
-    if not base or "scores" not in base or base.get("prompts") != result.get("prompts"):
+    """Gained/lost held-out two-object images of `result` against `base` (the base model's, or
+    another run's evaluation) on the same noise."""
+    if not base or "scores" not in base or "scores" not in result or base.get("prompts") != result.get("prompts"):
         return {}
     from b2diffurl.world.shapes import prompt_groups
 
@@ -102,15 +111,19 @@ def results(rows: list[dict], configs: dict[tuple[str, int], dict]) -> dict:
                      "control": method == "control", "images": last["images"], "stages": last["stages"],
                      "base_success": base["success_rate"], "final_success": last["success_rate"],
                      "n": last["num_images"], "gained": last.get("gained"), "lost": last.get("lost"),
-                     "mcnemar_chi2": last.get("mcnemar_chi2"), "config": config})
+                     "mcnemar_chi2": last.get("mcnemar_chi2"),
+                     **{key: last[key] for key in ("gained_vs_control", "lost_vs_control") if key in last},
+                     "config": config})
     return {"runs": runs}
 
 
 def table(rows: list[dict]) -> str:
     """Markdown: per method and number of images, mean over seeds of success and diversity, and
-    the paired gained/lost counts against the base (summed over seeds) with McNemar's statistic."""
+    the paired gained/lost counts against the base and against the control (each summed over
+    seeds) with McNemar's statistic."""
     lines = ["| method | stages | images sampled | seeds | held-out two-object success | 95% interval (one seed) "
-             "| gained / lost vs base | McNemar χ² | diversity |", "|---|---|---|---|---|---|---|---|---|"]
+             "| gained / lost vs base | McNemar χ² | gained / lost vs control | McNemar χ² | diversity |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for method in METHODS:
         for stages in sorted({r["stages"] for r in rows if r["method"] == method}):
             group = [r for r in rows
@@ -119,13 +132,16 @@ def table(rows: list[dict]) -> str:
                 continue
             interval = (f"[{group[0]['ci95_low']:.3f}, {group[0]['ci95_high']:.3f}]" if len(group) == 1 else
                         "seeds " + ", ".join(f"{r['success_rate']:.3f}" for r in group))
-            paired = "–", "–"
-            if stages > 0 and all("gained" in r for r in group):
-                gained, lost = (sum(r[k] for r in group) for k in ("gained", "lost"))
-                paired = f"{gained} / {lost}", f"{mcnemar_chi2(gained, lost):.2f}"
+            paired = []
+            for suffix in ("", "_vs_control"):
+                if stages > 0 and all(f"gained{suffix}" in r for r in group):
+                    gained, lost = (sum(r[f"{k}{suffix}"] for r in group) for k in ("gained", "lost"))
+                    paired += [f"{gained} / {lost}", f"{mcnemar_chi2(gained, lost):.2f}"]
+                else:
+                    paired += ["–", "–"]
             lines.append(f"| {method} | {stages} | {group[0]['images']} | {len(group)} | "
-                         f"{np.mean([r['success_rate'] for r in group]):.3f} | {interval} | {paired[0]} | "
-                         f"{paired[1]} | {np.mean([r['diversity'] for r in group]):.4f} |")
+                         f"{np.mean([r['success_rate'] for r in group]):.3f} | {interval} | {' | '.join(paired)} | "
+                         f"{np.mean([r['diversity'] for r in group]):.4f} |")
     return "\n".join(lines)
 
 
