@@ -1,5 +1,6 @@
 """The package's layout holds: the method imports only itself, the models neither the stages nor
-the analysis, only command modules import the command-line layer, the imports form no cycle, and every command's work is a Python function."""
+the analysis, only command modules import the command-line layer, the imports form no cycle,
+and every command's work is a Python function."""
 
 import ast
 import json

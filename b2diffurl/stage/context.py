@@ -1,6 +1,6 @@
 """What the three stage scripts share: their Accelerator, the start (the plan, a complete stage
-skipped, an interrupted one cleared), the policy they start from, the sample files' `meta`, the trackers,
-and the end (the completion marker)."""
+skipped, an interrupted one cleared), the policy they start from, the sample files' `meta`, the
+trackers, and the end (the completion marker)."""
 
 from __future__ import annotations
 

@@ -9,8 +9,9 @@ one of four colours. Captions:
 `render` draws a caption (hard edges, random placement and size); `parse_images` reads the
 objects back from a batch of images (nearest palette colour, connected components, shape as the
 rendering that overlaps the component best); `check_all` says which of its caption's attributes
-each image satisfies (`parse_image` and `check` do one image). The `shapes` reward (b2diffurl.models.rewards) is 1.0 when every attribute holds and 0.0
-otherwise; `shapes_partial` is the fraction that holds, for diagnosis.
+each image satisfies (`parse_image` and `check` do one image). The `shapes` reward
+(b2diffurl.models.rewards) is 1.0 when every attribute holds and 0.0 otherwise; `shapes_partial`
+is the fraction that holds, for diagnosis.
 """
 
 from __future__ import annotations
