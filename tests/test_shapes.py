@@ -205,7 +205,7 @@ def test_pretraining_saves_a_pipeline_that_loads_and_generates(tmp_path):
     from b2diffurl.world.pretrain import pretrain
 
     out = str(tmp_path / "shapes-sd")
-    record = pretrain(out, minutes=10.0, seed=0, batch_size=8, max_steps=2)  # two steps a phase
+    record = pretrain(out, minutes=10.0, seed=0, batch_size=8, max_steps=2, autoencoder_batch_size=4)  # two steps a phase
     assert record["autoencoder_steps"] == record["denoiser_steps"] == 2 and record["scaling_factor"] > 0
     pipe = StableDiffusionPipeline.from_pretrained(out, safety_checker=None, dtype=torch.float32)  # saved in fp16
     assert pipe.tokenizer("a red circle above a blue square").input_ids[1:-1] == [
@@ -215,7 +215,7 @@ def test_pretraining_saves_a_pipeline_that_loads_and_generates(tmp_path):
         images, prompts = generate_images(pipe, ["a red circle"], 2, num_steps=4, eta=1.0, guidance_scale=5.0,
                                           seed=0, batch_size=2)
     assert images.shape == (2, shapes.SIZE, shapes.SIZE, 3) and prompts == ["a red circle"] * 2
-    pretrain(str(tmp_path / "again"), minutes=10.0, seed=0, batch_size=8, max_steps=2)  # the same seed again
+    pretrain(str(tmp_path / "again"), minutes=10.0, seed=0, batch_size=8, max_steps=2, autoencoder_batch_size=4)  # the same seed again
     again = StableDiffusionPipeline.from_pretrained(str(tmp_path / "again"), safety_checker=None)
     assert all(torch.equal(a, b) for a, b in zip(again.unet.state_dict().values(), pipe.unet.state_dict().values()))
 
@@ -235,3 +235,23 @@ def test_failure_modes_name_the_first_thing_wrong_and_the_groups_that_teach():
     assert result["all"] == {"success": 0.5, "wrong count": 1 / 6, "wrong object": 1 / 6, "wrong relation": 1 / 6}
     assert result["failing_in_contrasting"] == {"success": 0.0, "wrong count": 1 / 3, "wrong object": 1 / 3,
                                                 "wrong relation": 1 / 3}
+    assert result["order_groups"] == 1  # group 0 holds a success and a reversed order
+
+
+def test_outcomes_per_group_count_the_order_only_where_everything_else_is_right():
+    from b2diffurl.world.failures import outcomes
+
+    rng = np.random.default_rng(1)
+    seen, held_out = "a red circle above a yellow square", "a red triangle to the left of a blue square"
+    drawn = [(seen, seen), (seen, "a red circle below a yellow square"), (seen, "a red circle below a green square"),
+             (held_out, held_out), (held_out, "a red triangle to the right of a blue square"),
+             (held_out, "a red triangle to the right of a blue square"), ("a red circle", "a red circle")]
+    images = np.stack([render(image, rng) for _, image in drawn])
+    table = outcomes(images, [caption for caption, _ in drawn])
+    assert set(table) == {"two objects", "two objects, seen", "two objects, held-out binding",
+                          shapes.HELD_OUT_TWO_OBJECTS}  # single objects have no order
+    seen_row, held_row = table["two objects, seen"], table[shapes.HELD_OUT_TWO_OBJECTS]
+    assert (seen_row["images"], seen_row["order_right"], seen_row["order_of"]) == (3, 1, 2)  # the wrong object is not counted
+    assert seen_row["wrong object"] == pytest.approx(1 / 3) and seen_row["order_accuracy"] == 0.5
+    assert (held_row["order_right"], held_row["order_of"], held_row["wrong relation"]) == (1, 3, pytest.approx(2 / 3))
+    assert table["two objects"]["images"] == 6 and table["two objects"]["order_of"] == 5

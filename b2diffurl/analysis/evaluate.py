@@ -59,6 +59,7 @@ def evaluate(config, lora: str | None = None, stage: int | None = None, prompt_f
     reward = build_reward(config.reward, accelerator.device)
     embed, embedding_name = build_embedder(config, accelerator.device)
     group_of = getattr(reward, "prompt_groups", None)  # success rates per prompt group, where the reward has them
+    outcomes = getattr(reward, "outcomes", None)  # what went wrong, per group, where the reward can say
 
     def evaluate_model(name: str) -> dict:
         images, expanded = generate_with_config(pipe, accelerator, config, prompts, num_images, seed=config.seed)
@@ -71,6 +72,12 @@ def evaluate(config, lora: str | None = None, stage: int | None = None, prompt_f
         for group, rate in result.get("success", {}).items():
             log.info("%s: success %.3f [%.3f, %.3f] over %d images: %s", name, rate["success_rate"], rate["ci95_low"],
                      rate["ci95_high"], rate["num_images"], group)
+        if outcomes is not None:
+            result["outcomes"] = outcomes(images, expanded)
+            for group, row in result["outcomes"].items():
+                log.info("%s: %s: %s; order right %d of %d", name, group, ", ".join(
+                    f"{mode} {row[mode]:.3f}" for mode in ("success", "wrong count", "wrong object", "wrong relation")),
+                    row["order_right"], row["order_of"])
         return result
 
     def header(lora_path: str | None, stage_index: int | None) -> dict:

@@ -6,7 +6,8 @@ are loaded once per process. `score_images` calls a reward in batches, the last 
 `reward.name` is a key of REWARDS ("weighted" sums `reward.components`) or a user function
 given as "package.module:function", which is the reward itself. A reward may carry a
 `prompt_groups(prompt) -> tuple[str, ...]` attribute: evaluation then reports a success rate
-(score 1) per group of prompts.
+(score 1) per group of prompts; and an `outcomes(images, prompts) -> dict` attribute: evaluation
+then reports what went wrong, per group (the shapes rewards: b2diffurl.world.failures.outcomes).
 
 Torch-free at import (the scripts check the config before torch loads); the factories import
 torch and transformers.
@@ -200,8 +201,11 @@ def shapes_partial(reward_config, device) -> Reward:
 
 
 def _grouped(reward: Reward, prompt_groups: Callable[[str], tuple[str, ...]]) -> Reward:
-    """`reward` with its prompt grouping attached (see the module docstring)."""
+    """A shapes reward with its prompt grouping and failure outcomes attached (see the module docstring)."""
+    from b2diffurl.world import failures
+
     reward.prompt_groups = prompt_groups
+    reward.outcomes = failures.outcomes
     return reward
 
 

@@ -44,12 +44,38 @@ def stage_failures(prompts: list[str], groups: list[int], images) -> dict:
         by_group[groups[i]].append(modes[i])
     contrasting = [m for m in by_group.values() if "success" in m and any(x != "success" for x in m)]
     failing = [x for m in contrasting for x in m if x != "success"]
+    return {"images": len(modes), "all": _shares(list(modes.values())), "groups": len(by_group),
+            "contrasting_groups": len(contrasting), "failing_in_contrasting": _shares(failing),
+            "order_groups": sum("wrong relation" in m for m in contrasting)}
 
-    def shares(values: list[str]) -> dict:
-        return {mode: values.count(mode) / max(len(values), 1) for mode in MODES}
 
-    return {"images": len(modes), "all": shares(list(modes.values())), "groups": len(by_group),
-            "contrasting_groups": len(contrasting), "failing_in_contrasting": shares(failing)}
+def _shares(values: list[str]) -> dict:
+    return {mode: values.count(mode) / max(len(values), 1) for mode in MODES}
+
+
+def order_accuracy(modes: list[str]) -> tuple[int, int]:
+    """(right, of): among images whose count, colours and shapes are right, how many also stand
+    in the stated relation. The objects of a failed relation stand on the stated axis in the
+    wrong order (the model places two objects apart along the relation's axis), so this is the
+    order accuracy: 0.5 is chance."""
+    return modes.count("success"), modes.count("success") + modes.count("wrong relation")
+
+
+def outcomes(images: np.ndarray, prompts: list[str]) -> dict:
+    """Per evaluation group of two-object captions (shapes.prompt_groups, and "two objects" for
+    all): images, the share of each outcome, and the order accuracy with its count."""
+    pairs = [i for i, prompt in enumerate(prompts) if shapes.parse_caption(prompt).relation is not None]
+    modes = [failure_mode(c) for c in shapes.check_all(np.asarray(images)[pairs], [prompts[i] for i in pairs])]
+    by_group = collections.defaultdict(list)
+    for i, mode in zip(pairs, modes):
+        for group in ("two objects", *shapes.prompt_groups(prompts[i])):
+            by_group[group].append(mode)
+    table = {}
+    for group in sorted(by_group):
+        right, of = order_accuracy(by_group[group])
+        table[group] = {"images": len(by_group[group]), **_shares(by_group[group]),
+                        "order_right": right, "order_of": of, "order_accuracy": right / of if of else float("nan")}
+    return table
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -66,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {result['contrasting_groups']} groups with a success and a failure; their failing branches: "
               + ", ".join(f"{mode} {share:.3f}" for mode, share in result["failing_in_contrasting"].items()
                           if mode != "success"))
+        print(f"  {result['order_groups']} groups hold a success and a branch with the order reversed")
 
 
 if __name__ == "__main__":

@@ -195,7 +195,8 @@ def train_denoiser(unet, text_encoder, tokenizer, data, seconds: float, max_step
 
 
 def pretrain(out: str, minutes: float, seed: int, batch_size: int = 128, vae_share: float = 0.2,
-             max_steps: int = 0, autoencoder_steps: int = 0, denoiser_steps: int = 0) -> dict:
+             max_steps: int = 0, autoencoder_steps: int = 0, denoiser_steps: int = 0,
+             autoencoder_batch_size: int = 64) -> dict:
     """Build, train and save the shapes model to `out`; returns what was done (also in out/pretrain.json)."""
     from b2diffurl.world.random_model import assemble_pipeline
 
@@ -210,7 +211,8 @@ def pretrain(out: str, minutes: float, seed: int, batch_size: int = 128, vae_sha
     # colour-shape binding decodes as well as a trained one. The text encoder and the UNet
     # see the train captions only.
     every_caption = [c.text() for c in shapes.all_captions()]
-    vae_steps, vae_ceiling = train_autoencoder(vae, batches(every_caption, batch_size, rng), vae_share * budget,
+    vae_steps, vae_ceiling = train_autoencoder(vae, batches(every_caption, autoencoder_batch_size, rng),
+                                               vae_share * budget,
                                                autoencoder_steps or max_steps)
     data = batches(captions, batch_size, rng)
     pool_captions, pool_latents = encode_pool(vae, data, POOL_SIZE if max_steps <= 0 else max_steps * batch_size)
@@ -223,7 +225,8 @@ def pretrain(out: str, minutes: float, seed: int, batch_size: int = 128, vae_sha
     pipe = assemble_pipeline(tokenizer, text_encoder, vae, unet).to(torch.float16)
     pipe.text_encoder.to(torch.float32)
     pipe.save_pretrained(out)
-    record = {"seed": seed, "minutes": minutes, "batch_size": batch_size, "autoencoder_steps": vae_steps,
+    record = {"seed": seed, "minutes": minutes, "batch_size": batch_size,
+              "autoencoder_batch_size": autoencoder_batch_size, "autoencoder_steps": vae_steps,
               "autoencoder_ceiling": {group: r["success"] for group, r in vae_ceiling.items()},
               "pool_images": len(pool_captions),
               "denoiser_steps": unet_steps, "scaling_factor": vae.config.scaling_factor,
@@ -245,7 +248,8 @@ AE_STEPS = flags.DEFINE_integer("autoencoder_steps", 0, "stop the autoencoder af
                                 flag_values=FLAGS)
 UNET_STEPS = flags.DEFINE_integer("denoiser_steps", 0, "stop the denoiser after this many steps (0: max_steps)",
                                   flag_values=FLAGS)
-BATCH = flags.DEFINE_integer("batch_size", 128, "images per step", flag_values=FLAGS)
+BATCH = flags.DEFINE_integer("batch_size", 128, "images per denoiser step", flag_values=FLAGS)
+AE_BATCH = flags.DEFINE_integer("autoencoder_batch_size", 64, "images per autoencoder step", flag_values=FLAGS)
 SEED = flags.DEFINE_integer("seed", 0, "seed of weights, captions, placements and noise", flag_values=FLAGS)
 
 
@@ -258,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging()
     log.setLevel(logging.INFO)
     record = pretrain(OUT.value, MINUTES.value, SEED.value, BATCH.value, VAE_SHARE.value, MAX_STEPS.value,
-                      AE_STEPS.value, UNET_STEPS.value)
+                      AE_STEPS.value, UNET_STEPS.value, AE_BATCH.value)
     log.info("saved to %s: %s", OUT.value, record)
 
 
