@@ -232,9 +232,10 @@ def test_failure_modes_name_the_first_thing_wrong_and_the_groups_that_teach():
     images = np.stack([render(text, rng) for text in drawn])
     result = stage_failures([caption] * 6, [0, 0, 0, 0, 1, 1], images)
     assert result["images"] == 6 and result["groups"] == 2 and result["contrasting_groups"] == 1
-    assert result["all"] == {"success": 0.5, "wrong count": 1 / 6, "wrong object": 1 / 6, "wrong relation": 1 / 6}
+    assert result["all"] == {"success": 0.5, "wrong count": 1 / 6, "wrong object": 1 / 6, "reversed order": 1 / 6,
+                             "wrong relation": 0.0}
     assert result["failing_in_contrasting"] == {"success": 0.0, "wrong count": 1 / 3, "wrong object": 1 / 3,
-                                                "wrong relation": 1 / 3}
+                                                "reversed order": 1 / 3, "wrong relation": 0.0}
     assert result["order_groups"] == 1  # group 0 holds a success and a reversed order
 
 
@@ -247,11 +248,18 @@ def test_outcomes_per_group_count_the_order_only_where_everything_else_is_right(
              (held_out, held_out), (held_out, "a red triangle to the right of a blue square"),
              (held_out, "a red triangle to the right of a blue square"), ("a red circle", "a red circle")]
     images = np.stack([render(image, rng) for _, image in drawn])
+    level = np.full((1, shapes.SIZE, shapes.SIZE, 3), shapes.BACKGROUND, np.uint8)  # side by side, for "above"
+    level[0, shapes._mask("circle", 8, 16, 5)] = COLOURS["red"]
+    level[0, shapes._mask("square", 24, 16, 5)] = COLOURS["yellow"]
+    images, drawn = np.concatenate([images, level]), drawn + [(seen, "level")]
     table = outcomes(images, [caption for caption, _ in drawn])
     assert set(table) == {"two objects", "two objects, seen", "two objects, held-out binding",
                           shapes.HELD_OUT_TWO_OBJECTS}  # single objects have no order
     seen_row, held_row = table["two objects, seen"], table[shapes.HELD_OUT_TWO_OBJECTS]
-    assert (seen_row["images"], seen_row["order_right"], seen_row["order_of"]) == (3, 1, 2)  # the wrong object is not counted
-    assert seen_row["wrong object"] == pytest.approx(1 / 3) and seen_row["order_accuracy"] == 0.5
-    assert (held_row["order_right"], held_row["order_of"], held_row["wrong relation"]) == (1, 3, pytest.approx(2 / 3))
-    assert table["two objects"]["images"] == 6 and table["two objects"]["order_of"] == 5
+    # neither the wrong object nor the level pair counts in the order
+    assert (seen_row["images"], seen_row["order_right"], seen_row["order_of"]) == (4, 1, 2)
+    assert seen_row["modes"] == {"success": 0.25, "wrong count": 0.0, "wrong object": 0.25, "reversed order": 0.25,
+                                 "wrong relation": 0.25} and seen_row["order_accuracy"] == 0.5
+    assert (held_row["order_right"], held_row["order_of"]) == (1, 3)
+    assert held_row["modes"]["reversed order"] == pytest.approx(2 / 3)
+    assert table["two objects"]["images"] == 7 and table["two objects"]["order_of"] == 5

@@ -75,9 +75,9 @@ def evaluate(config, lora: str | None = None, stage: int | None = None, prompt_f
         if outcomes is not None:
             result["outcomes"] = outcomes(images, expanded)
             for group, row in result["outcomes"].items():
-                log.info("%s: %s: %s; order right %d of %d", name, group, ", ".join(
-                    f"{mode} {row[mode]:.3f}" for mode in ("success", "wrong count", "wrong object", "wrong relation")),
-                    row["order_right"], row["order_of"])
+                log.info("%s: %s: %s; order right %d of %d", name, group,
+                         ", ".join(f"{mode} {share:.3f}" for mode, share in row["modes"].items()),
+                         row["order_right"], row["order_of"])
         return result
 
     def header(lora_path: str | None, stage_index: int | None) -> dict:

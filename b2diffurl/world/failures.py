@@ -6,7 +6,8 @@ Reads each stage folder's sample.pkl (prompts, groups) and images.pt, checks eve
 image against its caption (b2diffurl.world.shapes.check_all), and prints per folder the share of
 each outcome (`failure_mode`) over all two-object images, and over the branch groups that hold
 both a success and a failure (the groups whose best and worst branch give the update a
-contrast) the outcome of their failing branches.
+contrast) the outcome of their failing branches. `outcomes` gives the same outcomes per
+evaluation group, with the order accuracy; evaluation reports it for the shapes rewards.
 """
 
 from __future__ import annotations
@@ -19,62 +20,67 @@ import numpy as np
 
 from b2diffurl.world import shapes
 
-MODES = ("success", "wrong count", "wrong object", "wrong relation")
+MODES = ("success", "wrong count", "wrong object", "reversed order", "wrong relation")
+REVERSED = {"to the left of": "to the right of", "to the right of": "to the left of", "above": "below", "below": "above"}
 
 
-def failure_mode(checks: dict[str, bool]) -> str:
+def failure_mode(checks: dict[str, bool], reverse_holds: bool = False) -> str:
     """The first thing wrong of a two-object image's checks, in the order count (an object
-    missing or extra), objects (a stated colour and shape not drawn), relation."""
+    missing or extra), objects (a stated colour and shape not drawn), relation: "reversed order"
+    where the objects stand in the reverse of the stated relation (`reverse_holds`: left and
+    right, or above and below, swapped), else "wrong relation" (level on the stated axis)."""
     if all(checks.values()):
         return "success"
     if not checks["count"]:
         return "wrong count"
     if not all(value for key, value in checks.items() if key.startswith(("colour", "shape"))):
         return "wrong object"
-    return "wrong relation"
+    return "reversed order" if reverse_holds else "wrong relation"
 
 
-def stage_failures(prompts: list[str], groups: list[int], images) -> dict:
-    """Outcome shares over all two-object images and over the failing branches of contrasting groups."""
+def two_object_modes(images: np.ndarray, prompts: list[str]) -> dict[int, str]:
+    """{index: failure mode} of the images whose prompt states two objects."""
     pairs = [i for i, prompt in enumerate(prompts) if shapes.parse_caption(prompt).relation is not None]
-    checks = shapes.check_all(np.asarray(images)[pairs], [prompts[i] for i in pairs])
-    modes = {i: failure_mode(c) for i, c in zip(pairs, checks)}
-    by_group = collections.defaultdict(list)
-    for i in pairs:
-        by_group[groups[i]].append(modes[i])
-    contrasting = [m for m in by_group.values() if "success" in m and any(x != "success" for x in m)]
-    failing = [x for m in contrasting for x in m if x != "success"]
-    return {"images": len(modes), "all": _shares(list(modes.values())), "groups": len(by_group),
-            "contrasting_groups": len(contrasting), "failing_in_contrasting": _shares(failing),
-            "order_groups": sum("wrong relation" in m for m in contrasting)}
+    images = np.asarray(images)[pairs]
+    captions = [shapes.parse_caption(prompts[i]) for i in pairs]
+    reverse = shapes.check_all(images, [shapes.Caption(c.objects, REVERSED[c.relation]) for c in captions])
+    return {i: failure_mode(checks, r["relation"])
+            for i, checks, r in zip(pairs, shapes.check_all(images, captions), reverse)}
 
 
 def _shares(values: list[str]) -> dict:
     return {mode: values.count(mode) / max(len(values), 1) for mode in MODES}
 
 
-def order_accuracy(modes: list[str]) -> tuple[int, int]:
-    """(right, of): among images whose count, colours and shapes are right, how many also stand
-    in the stated relation. The objects of a failed relation stand on the stated axis in the
-    wrong order (the model places two objects apart along the relation's axis), so this is the
-    order accuracy: 0.5 is chance."""
-    return modes.count("success"), modes.count("success") + modes.count("wrong relation")
+def stage_failures(prompts: list[str], groups: list[int], images) -> dict:
+    """Outcome shares over all two-object images and over the failing branches of contrasting
+    groups (a success and a failure among their branches); `order_groups` counts the groups
+    holding a success and a branch in the reversed order."""
+    modes = two_object_modes(images, prompts)
+    by_group = collections.defaultdict(list)
+    for i, mode in modes.items():
+        by_group[groups[i]].append(mode)
+    contrasting = [m for m in by_group.values() if "success" in m and any(x != "success" for x in m)]
+    failing = [x for m in contrasting for x in m if x != "success"]
+    return {"images": len(modes), "all": _shares(list(modes.values())), "groups": len(by_group),
+            "contrasting_groups": len(contrasting), "failing_in_contrasting": _shares(failing),
+            "order_groups": sum("reversed order" in m for m in contrasting)}
 
 
 def outcomes(images: np.ndarray, prompts: list[str]) -> dict:
     """Per evaluation group of two-object captions (shapes.prompt_groups, and "two objects" for
-    all): images, the share of each outcome, and the order accuracy with its count."""
-    pairs = [i for i, prompt in enumerate(prompts) if shapes.parse_caption(prompt).relation is not None]
-    modes = [failure_mode(c) for c in shapes.check_all(np.asarray(images)[pairs], [prompts[i] for i in pairs])]
+    all): images, the share of each outcome (`modes`), and the order accuracy: of the images whose count,
+    colours and shapes are right and whose objects stand in the stated relation or its reverse,
+    the share in the stated one (`order_right` of `order_of`; 0.5 is chance)."""
     by_group = collections.defaultdict(list)
-    for i, mode in zip(pairs, modes):
+    for i, mode in two_object_modes(images, prompts).items():
         for group in ("two objects", *shapes.prompt_groups(prompts[i])):
             by_group[group].append(mode)
     table = {}
-    for group in sorted(by_group):
-        right, of = order_accuracy(by_group[group])
-        table[group] = {"images": len(by_group[group]), **_shares(by_group[group]),
-                        "order_right": right, "order_of": of, "order_accuracy": right / of if of else float("nan")}
+    for group, modes in sorted(by_group.items()):
+        right, of = modes.count("success"), modes.count("success") + modes.count("reversed order")
+        table[group] = {"images": len(modes), "modes": _shares(modes), "order_right": right, "order_of": of,
+                        "order_accuracy": right / of if of else float("nan")}
     return table
 
 

@@ -43,7 +43,7 @@ MAX_TOKENS = 16  # the longest caption is 12 tokens with its start and end marks
 SINGLE_SHARE = 0.25  # share of single-object captions among those drawn for training
 POOL_SIZE = 40_000  # images encoded once for the denoiser phase
 EMA_DECAY = 0.999
-CEILING_TARGET = 0.995  # the autoencoder trains until every ceiling group reaches this (the test asks 0.99)
+CEILING_TARGET = 0.998  # the autoencoder trains until every ceiling group reaches this (the test asks 0.99)
 CEILING_CHECK_SEED = 1  # the test measures the shipped model on seed 0's renders
 log = logging.getLogger("b2diffurl.world.pretrain")  # not __name__: "__main__" when run
 
@@ -103,7 +103,7 @@ def _run_phase(name: str, step_fn, data, seconds: float, max_steps: int, done=No
 
 
 def train_autoencoder(vae, data, seconds: float, max_steps: int) -> tuple[int, dict]:
-    """Reconstruction training until the world's ceiling (2 fresh renders of every caption,
+    """Reconstruction training until the world's ceiling (4 fresh renders of every caption,
     other placements than the shipped test's) reaches CEILING_TARGET in every group, or the
     budget is spent; returns the steps and the last ceiling measured."""
     optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3)
@@ -111,7 +111,7 @@ def train_autoencoder(vae, data, seconds: float, max_steps: int) -> tuple[int, d
 
     def reached() -> bool:
         vae.eval()
-        measured.update(ceiling.ceiling(vae, renders_per_caption=2, seed=CEILING_CHECK_SEED))
+        measured.update(ceiling.ceiling(vae, renders_per_caption=4, seed=CEILING_CHECK_SEED))
         vae.train()
         log.info("autoencoder ceiling: %s", ", ".join(f"{g} {r['success']:.3f}" for g, r in measured.items()))
         return min(r["success"] for r in measured.values()) >= CEILING_TARGET
