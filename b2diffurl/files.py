@@ -14,12 +14,22 @@ from typing import IO, Callable
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def default_mode(base: int) -> int:
+    """The permissions `open` (base 0o666) or `mkdir` (0o777) would give: `base` less the umask.
+    A temporary file or folder is created owner-only; its final name should not be."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return base & ~umask
+
+
 def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
-    """Call `write(f)` on a temporary binary file, then rename it to `path`."""
+    """Call `write(f)` on a temporary binary file, then rename it to `path` (with the
+    permissions `open` would have given it)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
     try:
+        os.fchmod(handle, default_mode(0o666))
         with os.fdopen(handle, "wb") as f:
             write(f)
             f.flush()

@@ -39,7 +39,8 @@ class _Codec(torch.nn.Module):
 def test_the_ceiling_is_one_without_a_codec_and_falls_with_a_blurring_one():
     exact = ceiling(_Codec(1), renders_per_caption=1)
     assert list(exact) == list(GROUPS) and all(r["success"] == 1.0 for r in exact.values())
-    assert exact["one object"]["n"] == 12 and exact["two objects, train"]["n"] + exact["two objects, held-out"]["n"] == 528
+    assert exact["one object"]["n"] == 12
+    assert exact["two objects, train"]["n"] + exact["two objects, held-out"]["n"] == 528
     blurred = ceiling(_Codec(4), renders_per_caption=1)  # 8x8 blocks: squares survive, circles and triangles do not
     assert blurred["two objects, with a triangle"]["success"] < 0.5
 

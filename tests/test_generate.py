@@ -74,7 +74,10 @@ def test_generated_images_do_not_depend_on_the_batch_size(tiny_config):
     settings = dict(num_steps=4, eta=1.0, guidance_scale=5.0, seed=3)
     one_batch, _ = generate_images(pipe, PROMPTS, 2, batch_size=2 * len(PROMPTS), **settings)
     small_batches, _ = generate_images(pipe, PROMPTS, 2, batch_size=3, **settings)
-    assert torch.equal(one_batch, small_batches)
+    # Equal up to float rounding, which differs with the batch's blocking on some CPUs (one pixel
+    # in 12,000 off by one level was seen); a noise or seeding error moves most pixels by far more.
+    difference = (one_batch.int() - small_batches.int()).abs()
+    assert difference.max() <= 1 and (difference > 0).float().mean() < 1e-3
     other_seed, _ = generate_images(pipe, PROMPTS, 2, batch_size=3, **{**settings, "seed": 4})
     assert (one_batch.float() - other_seed.float()).abs().mean() > 2
     assert (one_batch[0].float() - one_batch[1].float()).abs().mean() > 2  # same prompt, other noise

@@ -174,6 +174,20 @@ def test_atomic_save_leaves_no_temporary_files(tmp_path):
     assert torch.load(path, weights_only=True)["x"].tolist() == [0, 1, 2, 3]
 
 
+def test_atomic_writes_get_the_permissions_open_would_give(tmp_path):
+    from b2diffurl.files import atomic_write_json
+
+    previous = os.umask(0o027)
+    try:
+        atomic_write_json({"a": 1}, str(tmp_path / "shared.json"))
+        os.umask(0o022)
+        atomic_torch_save([1], str(tmp_path / "out.pkl"))
+    finally:
+        os.umask(previous)
+    assert os.stat(tmp_path / "shared.json").st_mode & 0o777 == 0o640  # not mkstemp's owner-only 0o600
+    assert os.stat(tmp_path / "out.pkl").st_mode & 0o777 == 0o644
+
+
 def test_atomic_save_creates_folder(tmp_path):
     path = tmp_path / "a" / "b" / "out.pkl"
     atomic_torch_save([1, 2], str(path))

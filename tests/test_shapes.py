@@ -205,7 +205,8 @@ def test_pretraining_saves_a_pipeline_that_loads_and_generates(tmp_path):
     from b2diffurl.world.pretrain import pretrain
 
     out = str(tmp_path / "shapes-sd")
-    record = pretrain(out, minutes=10.0, seed=0, batch_size=8, max_steps=2, autoencoder_batch_size=4)  # two steps a phase
+    # two steps a phase
+    record = pretrain(out, minutes=10.0, seed=0, batch_size=8, max_steps=2, autoencoder_batch_size=4)
     assert record["autoencoder_steps"] == record["denoiser_steps"] == 2 and record["scaling_factor"] > 0
     pipe = StableDiffusionPipeline.from_pretrained(out, safety_checker=None, dtype=torch.float32)  # saved in fp16
     assert pipe.tokenizer("a red circle above a blue square").input_ids[1:-1] == [
@@ -215,7 +216,8 @@ def test_pretraining_saves_a_pipeline_that_loads_and_generates(tmp_path):
         images, prompts = generate_images(pipe, ["a red circle"], 2, num_steps=4, eta=1.0, guidance_scale=5.0,
                                           seed=0, batch_size=2)
     assert images.shape == (2, shapes.SIZE, shapes.SIZE, 3) and prompts == ["a red circle"] * 2
-    pretrain(str(tmp_path / "again"), minutes=10.0, seed=0, batch_size=8, max_steps=2, autoencoder_batch_size=4)  # the same seed again
+    # the same seed again
+    pretrain(str(tmp_path / "again"), minutes=10.0, seed=0, batch_size=8, max_steps=2, autoencoder_batch_size=4)
     again = StableDiffusionPipeline.from_pretrained(str(tmp_path / "again"), safety_checker=None)
     assert all(torch.equal(a, b) for a, b in zip(again.unet.state_dict().values(), pipe.unet.state_dict().values()))
 

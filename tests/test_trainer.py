@@ -1,5 +1,7 @@
 """The trainer moves the policy the way the advantages say, and the LoRA checkpoint round-trips."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -73,7 +75,12 @@ def test_lora_checkpoint_loads_into_a_plain_diffusers_pipeline(tiny_config, tiny
     with torch.no_grad():
         for param in lora_parameters(pipe.unet):
             param.add_(0.1 * torch.randn_like(param))
-    save_checkpoint(pipe.unet, str(tmp_path / "ckpt"))
+    previous = os.umask(0o022)
+    try:
+        save_checkpoint(pipe.unet, str(tmp_path / "ckpt"))
+    finally:
+        os.umask(previous)
+    assert os.stat(tmp_path / "ckpt").st_mode & 0o777 == 0o755  # readable by a teammate, as mkdir makes it
     x, t, text = torch.randn(1, 4, 8, 8), torch.tensor([500]), torch.randn(1, 77, 32)
     with torch.no_grad():
         expected = pipe.unet(x, t, encoder_hidden_states=text).sample

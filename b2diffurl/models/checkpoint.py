@@ -17,6 +17,7 @@ import tempfile
 import torch
 
 from b2diffurl.errors import NonFiniteWeightsError
+from b2diffurl.files import default_mode
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -49,6 +50,7 @@ def save_checkpoint(unet, directory: str, optimizer: torch.optim.Optimizer | Non
     parent = os.path.dirname(os.path.abspath(directory))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".tmp-checkpoint-", dir=parent)
+    os.chmod(staging, default_mode(0o777))  # mkdtemp's folder is owner-only
     try:
         StableDiffusionPipeline.save_lora_weights(
             staging, unet_lora_layers=convert_state_dict_to_diffusers(lora),

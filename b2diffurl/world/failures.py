@@ -21,7 +21,8 @@ import numpy as np
 from b2diffurl.world import shapes
 
 MODES = ("success", "wrong count", "wrong object", "reversed order", "wrong relation")
-REVERSED = {"to the left of": "to the right of", "to the right of": "to the left of", "above": "below", "below": "above"}
+REVERSED = {"to the left of": "to the right of", "to the right of": "to the left of",
+            "above": "below", "below": "above"}
 
 
 def failure_mode(checks: dict[str, bool], reverse_holds: bool = False) -> str:

@@ -1,21 +1,22 @@
 """Pretrain the shapes world's text-to-image model from scratch, on a CPU, in bounded time.
 
-    python -m b2diffurl.world.pretrain --out model/shapes-sd --minutes 30
+    python -m b2diffurl.world.pretrain --out model/shapes-sd      # --minutes 95 --seed 0: the shipped model
 
 A small Stable-Diffusion-architecture pipeline: an AutoencoderKL from 32×32 RGB to 8×8×4
 latents, a UNet2DConditionModel with cross-attention, a CLIP text encoder and the project's
 word-level CLIP tokenizer over the shapes captions, trained on images that b2diffurl.world.shapes
-renders for the captions of the train split (config/prompt/shapes/train.json). First the
-autoencoder (reconstruction with a small KL term); then a pool of rendered images is encoded
-once, and the UNet and text encoder learn from it together with the plain epsilon loss of SD's
-noise schedule, the caption dropped 10% of the time so that classifier-free guidance works,
-their weights averaged (EMA) for the saved model. A quarter of the captions drawn are single
-objects (the train split is mostly pairs). Saved as a diffusers folder (about 11 MB) that a
-plain `StableDiffusionPipeline.from_pretrained(out)` loads and runs with its defaults: UNet and
-VAE stored in fp16, which diffusers loads as fp32 unless asked otherwise, and the small text
-encoder stored as fp32 (its fp16-rounded weights), because transformers loads a model in its
-stored dtype, and a half text encoder feeding a float UNet fails.
-Deterministic in --seed for given step counts (on the same number of threads); --minutes
+renders. First the autoencoder (reconstruction with a small KL term) on renders of every
+caption of the world, until the world's ceiling (b2diffurl.world.ceiling) reaches
+CEILING_TARGET in every group; then a pool of renders of the train split's captions
+(config/prompt/shapes/train.json) is encoded once, and the UNet and text encoder learn from it
+together with the plain epsilon loss of SD's noise schedule, the caption dropped 10% of the time
+so that classifier-free guidance works, their weights averaged (EMA) for the saved model. A
+quarter of the captions drawn are single objects (the train split is mostly pairs). Saved as a
+diffusers folder (about 11 MB) that a plain `StableDiffusionPipeline.from_pretrained(out)` loads
+and runs with its defaults: UNet and VAE stored in fp16, which diffusers loads as fp32 unless
+asked otherwise, and the small text encoder stored as fp32 (its fp16-rounded weights), because
+transformers loads a model in its stored dtype, and a half text encoder feeding a float UNet
+fails. Deterministic in --seed for given step counts (on the same number of threads); --minutes
 bounds the wall time instead, and the step counts it reached are written to pretrain.json
 beside the model, so that --autoencoder_steps and --denoiser_steps can make it again.
 """
@@ -194,7 +195,7 @@ def train_denoiser(unet, text_encoder, tokenizer, data, seconds: float, max_step
     return steps
 
 
-def pretrain(out: str, minutes: float, seed: int, batch_size: int = 128, vae_share: float = 0.2,
+def pretrain(out: str, minutes: float, seed: int, batch_size: int = 128, vae_share: float = 0.25,
              max_steps: int = 0, autoencoder_steps: int = 0, denoiser_steps: int = 0,
              autoencoder_batch_size: int = 64) -> dict:
     """Build, train and save the shapes model to `out`; returns what was done (also in out/pretrain.json)."""
@@ -240,8 +241,8 @@ def pretrain(out: str, minutes: float, seed: int, batch_size: int = 128, vae_sha
 
 FLAGS = cli.flag_values(with_config=False)
 OUT = flags.DEFINE_string("out", "model/shapes-sd", "where the diffusers folder is written", flag_values=FLAGS)
-MINUTES = flags.DEFINE_float("minutes", 30.0, "wall-time budget for both phases", flag_values=FLAGS)
-VAE_SHARE = flags.DEFINE_float("vae_share", 0.2, "share of the budget spent on the autoencoder", flag_values=FLAGS)
+MINUTES = flags.DEFINE_float("minutes", 95.0, "wall-time budget for both phases", flag_values=FLAGS)
+VAE_SHARE = flags.DEFINE_float("vae_share", 0.25, "most of the budget the autoencoder may spend", flag_values=FLAGS)
 MAX_STEPS = flags.DEFINE_integer("max_steps", 0, "stop each phase after this many steps (0: time only)",
                                  flag_values=FLAGS)
 AE_STEPS = flags.DEFINE_integer("autoencoder_steps", 0, "stop the autoencoder after this many steps (0: max_steps)",
