@@ -94,6 +94,15 @@ def parse_flags(values: flags.FlagValues, argv: Sequence[str]) -> list[str]:
     sys.exit(2)
 
 
+def parse_command_flags(values: flags.FlagValues, argv: Sequence[str] | None = None) -> None:
+    """Parse the flags of a command that takes no config and no positional arguments (default
+    sys.argv); anything left over is one line on stderr and exit code 2."""
+    rest = parse_flags(values, sys.argv if argv is None else argv)
+    if rest:
+        print(f"error: unexpected arguments: {' '.join(rest)}", file=sys.stderr)
+        sys.exit(2)
+
+
 def load_config(values: flags.FlagValues, continues_run: bool = True):
     """The parsed --config, checked: its values, that its models can be had and (if
     `continues_run`) that it continues the run it names. UserError else."""

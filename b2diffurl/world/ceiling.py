@@ -12,15 +12,12 @@ two-object captions that hold it.
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import torch
 from absl import flags
 
 from b2diffurl import cli
 from b2diffurl.world import shapes
-
 
 GROUPS = ("one object", "two objects, train", "two objects, held-out",
           *(f"two objects, with a {s}" for s in shapes.SHAPES))
@@ -80,10 +77,7 @@ SEED = flags.DEFINE_integer("seed", 0, "seed of the renders' placements and size
 
 
 def main(argv: list[str] | None = None) -> None:
-    rest = cli.parse_flags(FLAGS, sys.argv if argv is None else argv)
-    if rest:
-        raise SystemExit(f"error: unexpected arguments: {' '.join(rest)}")
-    torch.manual_seed(0)
+    cli.parse_command_flags(FLAGS, argv)
     print(format_ceiling(ceiling(load_vae(MODEL.value), RENDERS.value, SEED.value)))
 
 

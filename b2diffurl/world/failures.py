@@ -70,9 +70,9 @@ def stage_failures(prompts: list[str], groups: list[int], images) -> dict:
 
 def outcomes(images: np.ndarray, prompts: list[str]) -> dict:
     """Per evaluation group of two-object captions (shapes.prompt_groups, and "two objects" for
-    all): images, the share of each outcome (`modes`), and the order accuracy: of the images whose count,
-    colours and shapes are right and whose objects stand in the stated relation or its reverse,
-    the share in the stated one (`order_right` of `order_of`; 0.5 is chance)."""
+    all): images, the share of each outcome (`modes`), and the order accuracy: of the images
+    whose count, colours and shapes are right and whose objects stand in the stated relation or
+    its reverse, the share in the stated one (`order_right` of `order_of`; 0.5 is chance)."""
     by_group = collections.defaultdict(list)
     for i, mode in two_object_modes(images, prompts).items():
         for group in ("two objects", *shapes.prompt_groups(prompts[i])):

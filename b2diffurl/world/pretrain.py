@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import time
 
 import numpy as np
@@ -257,9 +256,7 @@ SEED = flags.DEFINE_integer("seed", 0, "seed of weights, captions, placements an
 def main(argv: list[str] | None = None) -> None:
     from b2diffurl.logs import setup_logging
 
-    rest = cli.parse_flags(FLAGS, sys.argv if argv is None else argv)
-    if rest:
-        raise SystemExit(f"error: unexpected arguments: {' '.join(rest)}")
+    cli.parse_command_flags(FLAGS, argv)
     setup_logging()
     log.setLevel(logging.INFO)
     record = pretrain(OUT.value, MINUTES.value, SEED.value, BATCH.value, VAE_SHARE.value, MAX_STEPS.value,
