@@ -22,6 +22,15 @@ def default_mode(base: int) -> int:
     return base & ~umask
 
 
+def staging_dir(parent: str, prefix: str) -> str:
+    """A new temporary folder in `parent` (made if missing) with the permissions `mkdir` would
+    give, to fill and then rename into place as a whole."""
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    os.chmod(staging, default_mode(0o777))  # mkdtemp's folder is owner-only
+    return staging
+
+
 def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
     """Call `write(f)` on a temporary binary file, then rename it to `path` (with the
     permissions `open` would have given it)."""

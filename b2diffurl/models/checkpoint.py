@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 
 import torch
 
 from b2diffurl.errors import NonFiniteWeightsError
-from b2diffurl.files import default_mode
+from b2diffurl.files import staging_dir
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -47,10 +46,7 @@ def save_checkpoint(unet, directory: str, optimizer: torch.optim.Optimizer | Non
     if bad:
         raise NonFiniteWeightsError(f"the LoRA has non-finite weights (in {bad[0]} and {len(bad) - 1} more "
                                     "tensors); not saving it: lower train.learning_rate or check the rewards")
-    parent = os.path.dirname(os.path.abspath(directory))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".tmp-checkpoint-", dir=parent)
-    os.chmod(staging, default_mode(0o777))  # mkdtemp's folder is owner-only
+    staging = staging_dir(os.path.dirname(os.path.abspath(directory)), ".tmp-checkpoint-")
     try:
         StableDiffusionPipeline.save_lora_weights(
             staging, unet_lora_layers=convert_state_dict_to_diffusers(lora),

@@ -23,7 +23,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from b2diffurl.files import REPO, default_mode
+from b2diffurl.files import REPO, staging_dir
 
 IMAGE_SIZE = 32  # pixels; the VAE downsamples by 4, so latents are 4 x 8 x 8
 SPECIAL_TOKENS = ["<|startoftext|>", "<|endoftext|>"]
@@ -164,10 +164,7 @@ def save_tiny_clip(directory: str, tokenizer, seed: int = 0) -> str:
 
 def save_tiny_pipeline(directory: str, seed: int = 0, image_size: int = IMAGE_SIZE) -> str:
     """Build the tiny pipeline and save it to `directory` atomically (build aside, then rename)."""
-    parent = os.path.dirname(os.path.abspath(directory))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".tiny-sd-", dir=parent)
-    os.chmod(staging, default_mode(0o777))  # mkdtemp's folder is owner-only
+    staging = staging_dir(os.path.dirname(os.path.abspath(directory)), ".tiny-sd-")
     try:
         build_tiny_pipeline(seed, image_size=image_size).save_pretrained(staging)
         os.rename(staging, directory)
