@@ -12,6 +12,8 @@ of strings (indent=2, trailing newline):
   for the offline colour_match reward of config/tiny_random.py.
 * config/prompt/shapes/{train,test}.json -- the shapes world (b2diffurl.world.shapes): "a red circle",
   "a blue square to the left of a green triangle"; test holds the held-out bindings and pairs.
+* config/prompt/shapes/check.json -- four training captions of one pair of objects, one in each
+  relation, for the basic learning check (config/shapes_check.py).
 """
 
 import json
@@ -60,6 +62,15 @@ def shapes_world():
     return train, test
 
 
+def shapes_check(train):
+    """One training pair of objects in its four relations: the captions of the basic check that the
+    update learns what it is rewarded for (config/shapes_check.py); only the relation words tell
+    them apart."""
+    check = [text for text in train if text.startswith("a red circle ") and text.endswith(" a green triangle")]
+    assert len(check) == 4, check
+    return check
+
+
 def write_json(name, prompts):
     path = os.path.join(OUT_DIR, name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -74,6 +85,7 @@ def main():
         assert not set(train) & set(test), f"{folder}: train/test overlap"
         write_json(f"{folder}train.json", train)
         write_json(f"{folder}test.json", test)
+    write_json("shapes/check.json", shapes_check(shapes_world()[0]))
 
 
 if __name__ == "__main__":
