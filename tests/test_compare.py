@@ -50,7 +50,7 @@ def test_rows_table_and_plot_from_the_runs_evaluations(tmp_path):
     ddpo = [r for r in rows if r["method"] == "ddpo" and r["seed"] == 0]
     assert [r["images"] for r in ddpo] == [0, per_stage, 2 * per_stage]
     text = compare.table(rows)
-    assert f"| b2diffurl | 2 | {2 * per_stage} | 2 | 0.410 | seeds 0.400, 0.420 | – | – | – | – | 0.1900 |" in text
+    assert f"| b2diffurl | 2 | {2 * per_stage} | 2 | 0.410 | seeds 0.400, 0.420 | – | – | – | – | – | – | – | 0.1900 |" in text
     assert "| ddpo | 0 | 0 | 2 | 0.250 |" in text
     pytest.importorskip("matplotlib")
     compare.plot(rows, str(tmp_path / "compare.png"))
@@ -76,10 +76,17 @@ def test_paired_counts_against_the_base_and_the_results_file(tmp_path):
             json.dump({"results": {key: {"success": success, "diversity_all": 0.1, "reward_mean": rate,
                                          "prompts": prompts, "scores": scores}}}, f)
 
-    for method, after in (("b2diffurl", [1.0, 1.0, 0.0, 0.0]), ("control", [1.0, 0.0, 0.0, 1.0])):
+    outcomes = {HELD_OUT_TWO_OBJECTS: {"order_accuracy": 0.5, "order_right": 1, "order_of": 2, "modes": {}}}
+    for method, after in (("b2diffurl", [1.0, 1.0, 0.0, 0.0]), ("control", [1.0, 0.0, 0.0, 1.0]),
+                          ("ddpo", [0.0, 1.0, 1.0, 0.0])):
         run = os.path.join(str(tmp_path), f"{method}_seed0")
         write(os.path.join(run, "evaluation_base.json"), "base", [0.0, 0.0, 1.0, 1.0])
         write(os.path.join(run, "stage0", "evaluation.json"), "lora", after)
+    with open(os.path.join(str(tmp_path), "b2diffurl_seed0", "evaluation_base.json")) as f:
+        content = json.load(f)
+    content["results"]["base"]["outcomes"] = outcomes
+    with open(os.path.join(str(tmp_path), "b2diffurl_seed0", "evaluation_base.json"), "w") as f:
+        json.dump(content, f)
     config = shapes.get_config()
     rows = compare.collect(str(tmp_path), config, [0])
     last = {r["method"]: r for r in rows if r["stages"] == 1}
@@ -89,12 +96,38 @@ def test_paired_counts_against_the_base_and_the_results_file(tmp_path):
     # against the control's images on the same noise: one right only after training, none only after the control
     assert (last["b2diffurl"]["gained_vs_control"], last["b2diffurl"]["lost_vs_control"]) == (1, 0)
     assert "gained_vs_control" not in last["control"]
-    assert "| b2diffurl | 1 |" in compare.table(rows) and "| 2 / 1 | 0.33 | 1 / 0 | 1.00 |" in compare.table(rows)
+    # against ddpo's: the first image right only after b2diffurl, the third only after ddpo
+    assert (last["b2diffurl"]["gained_vs_ddpo"], last["b2diffurl"]["lost_vs_ddpo"]) == (1, 1)
+    assert (last["ddpo"]["gained_vs_control"], last["ddpo"]["lost_vs_control"]) == (2, 1)
+    assert "gained_vs_ddpo" not in last["ddpo"] and "gained_vs_ddpo" not in last["control"]
+    assert "| b2diffurl | 1 |" in compare.table(rows) and "| 2 / 1 | 0.33 | 1 / 0 | 1.00 | 1 / 1 | 0.00 |" in compare.table(rows)
+
+    per_stage = compare.images_per_stage(config)
+    stage0 = os.path.join(str(tmp_path), "b2diffurl_seed0", "stage0")
+    with open(os.path.join(stage0, "metrics.jsonl"), "w") as f:
+        for record in ({"event": "sample", "seconds": 10.0}, {"event": "select", "reward_mean": 0.25, "num_samples": 8,
+                                                               "num_positive": 2, "num_negative": 1,
+                                                               "num_contrast_positive_only": 1},
+                       {"event": "train", "training_seconds": 5.0}):
+            f.write(json.dumps({"time": 0.0, "stage": 0, **record}) + "\n")
+    log = compare.training_log(os.path.join(str(tmp_path), "b2diffurl_seed0"), per_stage)
+    assert log[0] == {"stage": 0, "images": 0, "sampling_seconds": 10.0, "train_success": 0.25, "samples": 8,
+                      "positive": 2, "negative": 1, "training_seconds": 5.0,
+                      **dict.fromkeys(compare.CONTRAST), "contrast_positive_only": 1}
+
     configs = {(m, 0): {"overrides": {"method": m}} for m in compare.METHODS}
-    runs = compare.results(rows, configs)["runs"]  # the ddpo run has no evaluations: no entry
-    assert [(r["method"], r["control"]) for r in runs] == [("b2diffurl", False), ("b2diffurl", True)]
+    runs = compare.results(rows, configs, {("b2diffurl", 0): log})["runs"]
+    assert [(r["method"], r["control"]) for r in runs] == [("b2diffurl", False), ("b2diffurl", True), ("ddpo", False)]
     first = runs[0]
     assert (first["base_success"], first["final_success"], first["n"], first["gained"], first["lost"]) == (
         pytest.approx(1 / 3), pytest.approx(2 / 3), 3, 2, 1)
     assert (first["gained_vs_control"], first["lost_vs_control"]) == (1, 0) and "lost_vs_control" not in runs[1]
-    assert first["images"] == compare.images_per_stage(config) and first["config"] == {"overrides": {"method": "b2diffurl"}}
+    assert (first["gained_vs_ddpo"], first["lost_vs_ddpo"]) == (1, 1)
+    assert first["base_order_accuracy"] == 0.5 and "final_order_accuracy" not in first
+    assert (first["train_success"], first["selected_positive"], first["selected_negative"]) == ([0.25], 2, 1)
+    assert (first["sampling_seconds"], first["training_seconds"]) == (10.0, 5.0)
+    assert (first["contrast_positive_only"], first["contrast_both"]) == (1, 0)
+    assert first["images"] == per_stage and first["config"] == {"overrides": {"method": "b2diffurl"}}
+    pytest.importorskip("matplotlib")
+    compare.plot(rows, str(tmp_path / "compare.png"), {("b2diffurl", 0): log})
+    assert (tmp_path / "compare.png").stat().st_size > 1000

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from b2diffurl.method.selection import SELECTIONS, select_all, select_best_worst
+from b2diffurl.method.selection import SELECTIONS, contrast_census, select_all, select_best_worst
 
 
 def best_worst(group_id, advantages, pos=0.5, neg=-0.5):
@@ -64,3 +64,19 @@ def test_select_all_returns_every_finite_index():
 def test_registry():
     assert SELECTIONS["best_worst"] is select_best_worst
     assert SELECTIONS["all"] is select_all
+
+
+def test_contrast_census_counts_which_sides_of_each_contrasting_group_were_trained():
+    # group 0: rewards differ, both sides picked; group 1: all equal (no contrast);
+    # group 2: one success among failures at a low success rate: only the success clears a threshold;
+    # group 3: a contrast where nothing clears the thresholds
+    group_id = np.array([0, 0, 1, 1, 2, 2, 2, 3, 3])
+    rewards = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0])
+    advantages = np.array([1.0, -1.0, -0.4, -0.4, 2.0, -0.4, -0.4, 0.3, -0.3])
+    chosen = select_best_worst(group_id, advantages, 0.5, -0.5)
+    assert chosen.tolist() == [0, 1, 4]
+    assert contrast_census(group_id, rewards, advantages, chosen) == {
+        "contrast_groups": 3, "contrast_both": 1, "contrast_positive_only": 1, "contrast_negative_only": 0,
+        "contrast_neither": 1}
+    # a group whose only negative pick is left: negative only
+    assert contrast_census(group_id, rewards, advantages, np.array([1]))["contrast_negative_only"] == 1

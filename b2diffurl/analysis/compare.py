@@ -36,6 +36,7 @@ from b2diffurl.files import REPO, atomic_write, atomic_write_json
 from b2diffurl.world.shapes import HELD_OUT_TWO_OBJECTS
 
 METHODS = ("b2diffurl", "control", "ddpo")
+CONTRAST = ("contrast_groups", "contrast_both", "contrast_positive_only", "contrast_negative_only", "contrast_neither")
 
 
 def run_overrides(config, method: str, seed: int, out: str) -> dict:
@@ -59,10 +60,41 @@ def images_per_stage(config) -> int:
     return config.sample.batch_size * config.sample.num_batches_per_stage * config.num_branches
 
 
+def training_log(run_dir: str, per_stage: int) -> list[dict]:
+    """One row per stage of a run from its metrics: images sampled before the stage, the success
+    of the stage's own samples (its reward mean: the policy on the training captions, before the
+    stage's update), what the selection kept (positive: a best branch, negative: a worst; the
+    contrast_* counts of selection.contrast_census), and the seconds of sampling and training."""
+    from b2diffurl.logs import read_run_metrics
+
+    stages: dict[int, dict] = {}
+    for record in read_run_metrics(run_dir):
+        row = stages.setdefault(int(record["stage"]), {"stage": int(record["stage"])})
+        if record.get("event") == "sample":
+            row["sampling_seconds"] = record.get("seconds")
+        elif record.get("event") == "select":
+            row.update(train_success=record.get("reward_mean"), **{key: record.get(f"num_{key}") for key in (
+                "samples", "positive", "negative", *CONTRAST)})
+        elif record.get("event") == "train":
+            row["training_seconds"] = record.get("training_seconds")
+    return [{**stages[k], "images": k * per_stage} for k in sorted(stages)]
+
+
+def _outcome(result: dict) -> dict:
+    """The held-out two-object failure modes and order accuracy of one evaluation, where the reward
+    reports them (b2diffurl.world.failures)."""
+    row = result.get("outcomes", {}).get(HELD_OUT_TWO_OBJECTS)
+    if not row:
+        return {}
+    return {"order_accuracy": row["order_accuracy"], "order_right": row["order_right"], "order_of": row["order_of"],
+            "modes": row["modes"]}
+
+
 def collect(out: str, config, seeds: list[int]) -> list[dict]:
     """One row per (method, seed, evaluation) found under `out`: images sampled before it,
-    held-out two-object success and diversity, the paired counts against the base and, for a
-    run whose control (same seed) was evaluated after as many stages, against the control."""
+    held-out two-object success, failure modes, order accuracy and diversity, the paired counts
+    against the base and, where the run of the same seed was evaluated after as many stages,
+    against the control (for b2diffurl and ddpo) and against ddpo (for b2diffurl)."""
     rows = []
     evaluated = {}
     for method in METHODS:
@@ -79,12 +111,14 @@ def collect(out: str, config, seeds: list[int]) -> list[dict]:
                              "ci95_low": success.get("ci95_low"), "ci95_high": success.get("ci95_high"),
                              "num_images": success.get("num_images"),
                              "diversity": result.get("diversity_all", float("nan")),
-                             "reward_mean": result.get("reward_mean")})
+                             "reward_mean": result.get("reward_mean"), **_outcome(result)})
     for row in rows:
-        control = evaluated.get(("control", row["seed"], row["stages"]))
-        if row["method"] != "control" and row["stages"] > 0 and control:
-            against = _paired(control, evaluated[row["method"], row["seed"], row["stages"]])
-            row.update({f"{key}_vs_control": value for key, value in against.items() if key in ("gained", "lost")})
+        for other, methods in (("control", ("b2diffurl", "ddpo")), ("ddpo", ("b2diffurl",))):
+            theirs = evaluated.get((other, row["seed"], row["stages"]))
+            if row["method"] in methods and row["stages"] > 0 and theirs:
+                against = _paired(theirs, evaluated[row["method"], row["seed"], row["stages"]])
+                row.update({f"{key}_vs_{other}": value for key, value in against.items()
+                            if key in ("gained", "lost", "mcnemar_chi2")})
     return rows
 
 
@@ -99,31 +133,46 @@ def _paired(base: dict | None, result: dict) -> dict:
     return paired_change(np.asarray(base["scores"])[rows], np.asarray(result["scores"])[rows])
 
 
-def results(rows: list[dict], configs: dict[tuple[str, int], dict]) -> dict:
-    """One entry per run: its last evaluation against the base (the format: docs/shapes-results.md)."""
+def results(rows: list[dict], configs: dict[tuple[str, int], dict],
+            logs: dict[tuple[str, int], list[dict]] | None = None) -> dict:
+    """One entry per run: its last evaluation against the base, the control and ddpo (held-out
+    two-object success, failure modes, order accuracy), and from its training log (`logs`, per
+    run: training_log's rows) the success of every stage's samples, what the selection kept and
+    the seconds spent (the format: docs/shapes-results.md)."""
     runs = []
     for (method, seed), config in configs.items():
         mine = sorted((r for r in rows if (r["method"], r["seed"]) == (method, seed)), key=lambda r: r["stages"])
         if len(mine) < 2 or mine[0]["stages"] != 0:
             continue
         base, last = mine[0], mine[-1]
-        runs.append({"method": "ddpo" if method == "ddpo" else "b2diffurl", "seed": seed,
-                     "control": method == "control", "images": last["images"], "stages": last["stages"],
-                     "base_success": base["success_rate"], "final_success": last["success_rate"],
-                     "n": last["num_images"], "gained": last.get("gained"), "lost": last.get("lost"),
-                     "mcnemar_chi2": last.get("mcnemar_chi2"),
-                     **{key: last[key] for key in ("gained_vs_control", "lost_vs_control") if key in last},
-                     "config": config})
+        run = {"method": "ddpo" if method == "ddpo" else "b2diffurl", "seed": seed,
+               "control": method == "control", "images": last["images"], "stages": last["stages"],
+               "base_success": base["success_rate"], "final_success": last["success_rate"],
+               "n": last["num_images"], "gained": last.get("gained"), "lost": last.get("lost"),
+               "mcnemar_chi2": last.get("mcnemar_chi2"),
+               **{f"{key}_vs_{other}": last[f"{key}_vs_{other}"] for other in ("control", "ddpo")
+                  for key in ("gained", "lost", "mcnemar_chi2") if f"{key}_vs_{other}" in last},
+               **{f"{when}_{key}": row[key] for when, row in (("base", base), ("final", last))
+                  for key in ("order_accuracy", "modes", "diversity") if key in row}}
+        log = [r for r in (logs or {}).get((method, seed), []) if r["stage"] < last["stages"]]
+        if log:
+            run.update(train_success=[r.get("train_success") for r in log],
+                       selected_positive=sum(r.get("positive") or 0 for r in log),
+                       selected_negative=sum(r.get("negative") or 0 for r in log),
+                       **{key: sum(r.get(key) or 0 for r in log) for key in CONTRAST},
+                       sampling_seconds=round(sum(r.get("sampling_seconds") or 0 for r in log), 1),
+                       training_seconds=round(sum(r.get("training_seconds") or 0 for r in log), 1))
+        runs.append({**run, "config": config})
     return {"runs": runs}
 
 
 def table(rows: list[dict]) -> str:
-    """Markdown: per method and number of images, mean over seeds of success and diversity, and
-    the paired gained/lost counts against the base and against the control (each summed over
-    seeds) with McNemar's statistic."""
+    """Markdown: per method and number of images, mean over seeds of success, order accuracy and
+    diversity, and the paired gained/lost counts against the base, the control and ddpo (each
+    summed over seeds) with McNemar's statistic."""
     lines = ["| method | stages | images sampled | seeds | held-out two-object success | 95% interval (one seed) "
-             "| gained / lost vs base | McNemar χ² | gained / lost vs control | McNemar χ² | diversity |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| order accuracy | gained / lost vs base | McNemar χ² | vs control | χ² | vs ddpo | χ² | diversity |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for method in METHODS:
         for stages in sorted({r["stages"] for r in rows if r["method"] == method}):
             group = [r for r in rows
@@ -132,45 +181,57 @@ def table(rows: list[dict]) -> str:
                 continue
             interval = (f"[{group[0]['ci95_low']:.3f}, {group[0]['ci95_high']:.3f}]" if len(group) == 1 else
                         "seeds " + ", ".join(f"{r['success_rate']:.3f}" for r in group))
+            order = (f"{sum(r['order_right'] for r in group) / max(1, sum(r['order_of'] for r in group)):.3f}"
+                     if all("order_of" in r for r in group) else "–")
             paired = []
-            for suffix in ("", "_vs_control"):
+            for suffix in ("", "_vs_control", "_vs_ddpo"):
                 if stages > 0 and all(f"gained{suffix}" in r for r in group):
                     gained, lost = (sum(r[f"{k}{suffix}"] for r in group) for k in ("gained", "lost"))
                     paired += [f"{gained} / {lost}", f"{mcnemar_chi2(gained, lost):.2f}"]
                 else:
                     paired += ["–", "–"]
             lines.append(f"| {method} | {stages} | {group[0]['images']} | {len(group)} | "
-                         f"{np.mean([r['success_rate'] for r in group]):.3f} | {interval} | {' | '.join(paired)} | "
-                         f"{np.mean([r['diversity'] for r in group]):.4f} |")
+                         f"{np.mean([r['success_rate'] for r in group]):.3f} | {interval} | {order} | "
+                         f"{' | '.join(paired)} | {np.mean([r['diversity'] for r in group]):.4f} |")
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], path: str) -> None:
-    """Success and diversity against images sampled: every seed thin, the mean over seeds bold."""
+def plot(rows: list[dict], path: str, logs: dict[tuple[str, int], list[dict]] | None = None) -> None:
+    """Against images sampled: held-out success, order accuracy, the success of each stage's own
+    samples on the training captions (from `logs`, training_log's rows per run) and diversity;
+    every seed thin, the mean over seeds bold."""
     from b2diffurl.analysis.curves import agg_figure
 
-    fig = agg_figure(figsize=(11, 4.2), layout="constrained")
-    axes = fig.subplots(1, 2)
+    fig = agg_figure(figsize=(11, 8), layout="constrained")
+    axes = fig.subplots(2, 2).ravel()
+    training = [{"method": method, "seed": seed, "images": r["images"], "train_success": r["train_success"]}
+                for (method, seed), log in (logs or {}).items() for r in log if r.get("train_success") is not None]
+    panels = ((axes[0], rows, "success_rate"), (axes[1], rows, "order_accuracy"),
+              (axes[2], training, "train_success"), (axes[3], rows, "diversity"))
     for colour, method in zip(("C0", "C7", "C3"), METHODS):
-        mine = [r for r in rows if r["method"] == method and r["success_rate"] is not None]
-        if not mine:
-            continue
-        images = sorted({r["images"] for r in mine})
-        for ax, field in zip(axes, ("success_rate", "diversity")):
+        for ax, source, field in panels:
+            mine = [r for r in source if r["method"] == method and r.get(field) is not None]
+            if not mine:
+                continue
+            images = sorted({r["images"] for r in mine})
             for seed in sorted({r["seed"] for r in mine}):
                 seed_rows = sorted((r for r in mine if r["seed"] == seed), key=lambda r: r["images"])
                 ax.plot([r["images"] for r in seed_rows], [r[field] for r in seed_rows], color=colour, alpha=0.3, lw=1)
             means = [np.mean([r[field] for r in mine if r["images"] == n]) for n in images]
             ax.plot(images, means, "o-", color=colour, lw=2, label=method)
-        single = [r for r in mine if r["seed"] == mine[0]["seed"]]
-        single.sort(key=lambda r: r["images"])
-        axes[0].fill_between([r["images"] for r in single], [r["ci95_low"] for r in single],
-                             [r["ci95_high"] for r in single], color=colour, alpha=0.1)
+        single = sorted((r for r in rows if r["method"] == method and r["success_rate"] is not None
+                         and r["seed"] == min(x["seed"] for x in rows)), key=lambda r: r["images"])
+        if single:
+            axes[0].fill_between([r["images"] for r in single], [r["ci95_low"] for r in single],
+                                 [r["ci95_high"] for r in single], color=colour, alpha=0.1)
     axes[0].set_title("held-out two-object success (shaded: 95% interval, first seed)")
-    axes[1].set_title("diversity (mean distance between all held-out images)")
+    axes[1].set_title("held-out order accuracy where all else is right (chance 0.5)")
+    axes[2].set_title("success of each stage's samples (training captions)")
+    axes[3].set_title("diversity (mean distance between all held-out images)")
     for ax in axes:
         ax.set_xlabel("images sampled")
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
 
 
@@ -189,15 +250,19 @@ def compare(config, config_file: str, overrides: dict, out: str, seeds: list[int
             print(f"=== compare: {method}, seed {seed}: {' '.join(command)}", flush=True)
             subprocess.run(command, check=True, cwd=REPO)
     rows = collect(out, config, seeds)
-    atomic_write_json({"config": config_file, "overrides": overrides, "seeds": seeds, "rows": rows},
+    logs = {(method, seed): training_log(os.path.join(out, (run := run_config(config, method, seed, out)).exp_name),
+                                         images_per_stage(run))
+            for method in METHODS for seed in seeds}
+    atomic_write_json({"config": config_file, "overrides": overrides, "seeds": seeds, "rows": rows,
+                       "training": {f"{method}_seed{seed}": log for (method, seed), log in logs.items()}},
                       os.path.join(out, "compare.json"))
     configs = {(method, seed): {"file": config_file, "overrides": {**overrides, **run_overrides(config, method, seed, out)}}
                for method in METHODS for seed in seeds}
-    atomic_write_json(results(rows, configs), os.path.join(out, "results.json"))
+    atomic_write_json(results(rows, configs, logs), os.path.join(out, "results.json"))
     text = table(rows)
     atomic_write(os.path.join(out, "compare.md"), lambda f: f.write(text.encode() + b"\n"))
     print(text)
-    plot(rows, os.path.join(out, "compare.png"))  # needs matplotlib: one line and exit code 2 without it
+    plot(rows, os.path.join(out, "compare.png"), logs)  # needs matplotlib: one line and exit code 2 without it
     print(f"wrote {os.path.join(out, 'compare.md')} and compare.png")
     return text
 

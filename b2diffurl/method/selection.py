@@ -31,4 +31,28 @@ def select_all(group_id: np.ndarray, advantages: np.ndarray, pos_threshold: floa
     return np.flatnonzero(np.isfinite(advantages)).astype(np.int64)
 
 
+def contrast_census(group_id: np.ndarray, rewards: np.ndarray, advantages: np.ndarray,
+                    chosen: np.ndarray) -> dict[str, int]:
+    """How the selection used the groups whose branches' rewards differ (a contrast to learn
+    from): how many there are, and in how many it trained both sides, only the positive side
+    (A > 0), only the negative side, or neither. With a 0/1 reward and a prompt whose success
+    rate p is at most 0.2 a failure's A = -sqrt(p / (1 - p)) is >= -0.5, so only successes
+    are selected from its groups."""
+    picked = np.zeros(len(group_id), dtype=bool)
+    picked[chosen] = True
+    counts = {"contrast_groups": 0, "contrast_both": 0, "contrast_positive_only": 0, "contrast_negative_only": 0,
+              "contrast_neither": 0}
+    for group in np.unique(group_id):
+        members = np.flatnonzero((group_id == group) & np.isfinite(rewards))
+        if members.size == 0 or rewards[members].max() == rewards[members].min():
+            continue
+        counts["contrast_groups"] += 1
+        positive = bool((picked[members] & (advantages[members] > 0)).any())
+        negative = bool((picked[members] & ~(advantages[members] > 0)).any())
+        side = {(True, True): "both", (True, False): "positive_only", (False, True): "negative_only",
+                (False, False): "neither"}[positive, negative]
+        counts[f"contrast_{side}"] += 1
+    return counts
+
+
 SELECTIONS = {"best_worst": select_best_worst, "all": select_all}

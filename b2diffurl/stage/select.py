@@ -19,7 +19,7 @@ from b2diffurl.analysis.grids import best_worst_grid, save_grid
 from b2diffurl.errors import SampleFileError
 from b2diffurl.files import atomic_write_json, read_json
 from b2diffurl.logs import append_metrics
-from b2diffurl.method.selection import SELECTIONS
+from b2diffurl.method.selection import SELECTIONS, contrast_census
 from b2diffurl.method.statistics import new_history, normalise, record_stage
 from b2diffurl.models.rewards import build_reward, score_images
 from b2diffurl.stage.context import begin, make_accelerator, stage_meta, track
@@ -66,7 +66,8 @@ def select_stage(config) -> None:
     finite_scores = scores[finite] if finite.any() else np.full(1, np.nan)
     reward_stats = {"mean": finite_scores.mean(), "std": finite_scores.std(), "max": finite_scores.max(),
                     "min": finite_scores.min()}
-    counts = {"selected": len(chosen), "positive": positive, "negative": len(chosen) - positive}
+    counts = {"selected": len(chosen), "positive": positive, "negative": len(chosen) - positive,
+              **contrast_census(record["group_id"].numpy(), scores, advantages, chosen)}
     append_metrics(stage_paths.metrics, stage=plan.stage, event="select", split_step=plan.split_step,
                    **{f"reward_{k}": v for k, v in reward_stats.items()}, num_samples=len(scores),
                    **{f"num_{k}": v for k, v in counts.items()}, num_nonfinite_rewards=int((~finite).sum()))
