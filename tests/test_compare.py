@@ -131,3 +131,31 @@ def test_paired_counts_against_the_base_and_the_results_file(tmp_path):
     pytest.importorskip("matplotlib")
     compare.plot(rows, str(tmp_path / "compare.png"), {("b2diffurl", 0): log})
     assert (tmp_path / "compare.png").stat().st_size > 1000
+
+
+def test_the_kept_record_rebuilds_the_rows_and_holds_only_the_last_complete_checkpoint(tmp_path):
+    out, dest = str(tmp_path / "out"), str(tmp_path / "kept")
+    run = os.path.join(out, "b2diffurl_seed0")
+    _evaluation(os.path.join(run, "evaluation_base.json"), "base", 0.25, 0.2)
+    for stage, rate in enumerate([0.3, 0.4]):
+        folder = os.path.join(run, f"stage{stage}")
+        _evaluation(os.path.join(folder, "evaluation.json"), "lora", rate, 0.19)
+        os.makedirs(os.path.join(folder, "checkpoints"))
+        for name in ("sample.pkl", "images.pt", "metrics.jsonl", "COMPLETE", "checkpoints/optimizer.pt"):
+            with open(os.path.join(folder, name), "w") as f:
+                f.write(f"stage {stage}")
+    os.makedirs(os.path.join(run, "stage2", "checkpoints"))  # an unfinished stage: no marker
+    with open(os.path.join(run, "stage2", "checkpoints", "optimizer.pt"), "w") as f:
+        f.write("partial")
+    with open(os.path.join(out, "compare.md"), "w") as f:
+        f.write("| table |")
+
+    copied = compare.keep(out, dest)
+    assert "compare.md" in copied and "b2diffurl_seed0/stage1/checkpoints/optimizer.pt" in copied
+    assert not any(name.endswith((".pkl", ".pt")) and "checkpoints" not in name for name in copied)
+    assert "b2diffurl_seed0/stage0/checkpoints/optimizer.pt" not in copied  # only the last complete stage's
+    assert "b2diffurl_seed0/stage2/checkpoints/optimizer.pt" not in copied
+    with open(os.path.join(dest, "b2diffurl_seed0", "stage0", "metrics.jsonl")) as f:
+        assert f.read() == "stage 0"
+    config = shapes.get_config()
+    assert compare.collect(dest, config, [0]) == compare.collect(out, config, [0])

@@ -17,12 +17,14 @@ writes {out}/compare.json (every evaluation), {out}/results.json (one entry per 
 evaluation against the base: success, paired gained/lost counts and McNemar's statistic, and
 the config), {out}/compare.md (the table) and {out}/compare.png. A finished run is not redone
 (run_process.sh continues where a run stopped), so rerunning the command with more seeds adds
-them.
+them. --keep DIR copies the record of the study (the comparison, every evaluation and stage
+log, each run's last checkpoint) to DIR, small enough to commit.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 
 import numpy as np
@@ -235,6 +237,40 @@ def plot(rows: list[dict], path: str, logs: dict[tuple[str, int], list[dict]] | 
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
 
 
+KEPT_FILES = ("compare.json", "results.json", "compare.md", "compare.png")
+
+
+def keep(out: str, dest: str) -> list[str]:
+    """Copy what a study's record needs from `out` to `dest` (a folder to commit, a few hundred
+    kB a run): the comparison files and, for every run, its run_config.json and base evaluation
+    and every stage's evaluation, metrics, history and completion marker, with the last complete
+    stage's checkpoint. `compare --out dest --methods ''` rebuilds the table from it, and a copy
+    of a run's folder back under `out` continues that run. Returns the files copied."""
+    from b2diffurl.stage.paths import (BASE_EVALUATION_FILE, COMPLETE_FILE, EVALUATION_FILE, HISTORY_FILE,
+                                       METRICS_FILE, RUN_CONFIG_FILE, stage_dirs)
+
+    wanted = [name for name in KEPT_FILES if os.path.exists(os.path.join(out, name))]
+    for run in sorted(os.listdir(out)) if os.path.isdir(out) else []:
+        stages = stage_dirs(os.path.join(out, run))
+        if not stages:
+            continue
+        wanted += [os.path.join(run, name) for name in (RUN_CONFIG_FILE, BASE_EVALUATION_FILE)]
+        for _, folder in stages:
+            wanted += [os.path.join(run, os.path.basename(folder), name)
+                       for name in (EVALUATION_FILE, METRICS_FILE, HISTORY_FILE, COMPLETE_FILE)]
+        complete = [folder for _, folder in stages if os.path.exists(os.path.join(folder, COMPLETE_FILE))]
+        if complete and os.path.isdir(last := os.path.join(complete[-1], "checkpoints")):
+            wanted += [os.path.relpath(os.path.join(last, name), out) for name in sorted(os.listdir(last))]
+    copied = []
+    for name in wanted:
+        source = os.path.join(out, name)
+        if os.path.isfile(source):
+            os.makedirs(os.path.dirname(os.path.join(dest, name)) or dest, exist_ok=True)
+            shutil.copyfile(source, os.path.join(dest, name))
+            copied.append(name)
+    return copied
+
+
 def compare(config, config_file: str, overrides: dict, out: str, seeds: list[int], methods: list[str]) -> str:
     """Run `methods` for every seed (each `bash run_process.sh config_file` with `overrides` and
     the method's own), then write compare.json, results.json, compare.md and compare.png to
@@ -272,6 +308,8 @@ SEEDS = flags.DEFINE_list("seeds", ["0"], "seeds; each runs both methods", flag_
 OUT = flags.DEFINE_string("out", "model/compare", "folder of the runs and the comparison", flag_values=FLAGS)
 RUN = flags.DEFINE_list("methods", list(METHODS),
                         "which runs to make now ('' for none); the table holds every evaluation found", flag_values=FLAGS)
+KEEP = flags.DEFINE_string("keep", "", "also copy the study's record (compare.keep) to this folder, to commit",
+                           flag_values=FLAGS)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -281,6 +319,8 @@ def main(argv: list[str] | None = None) -> None:
         config_file = config_flags.get_config_filename(FLAGS["config"])
         overrides = config_flags.get_override_values(FLAGS["config"])
         compare(config, config_file, overrides, OUT.value, [int(s) for s in SEEDS.value], RUN.value)
+        if KEEP.value:
+            print(f"kept {len(keep(OUT.value, KEEP.value))} files in {KEEP.value}")
 
     cli.run(FLAGS, body, argv, continues_run=False)
 
