@@ -13,7 +13,8 @@ from conftest import REPO
 PACKAGE = os.path.join(REPO, "b2diffurl")
 # The modules that are commands (python -m ...): the only ones besides the scripts that may import cli.
 COMMANDS = {"b2diffurl.analysis.evaluate", "b2diffurl.analysis.generate", "b2diffurl.analysis.compare",
-            "b2diffurl.stage.plan", "b2diffurl.world.pretrain", "b2diffurl.world.ceiling"}
+            "b2diffurl.stage.plan", "b2diffurl.world.pretrain", "b2diffurl.world.ceiling",
+            "b2diffurl.world.conditioning"}
 
 
 def _modules() -> dict[str, str]:

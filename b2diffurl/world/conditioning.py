@@ -1,0 +1,110 @@
+"""What the text encoder tells apart: how far one change to a caption moves the embeddings the
+UNet attends to.
+
+    python -m b2diffurl.world.conditioning --model model/shapes-sd
+
+The LoRA that RL trains sits on the UNet; the text encoder stays frozen. A difference between
+two captions that the encoder has nearly erased is one the UNet can hardly act on, however the
+reward asks for it. For every two-object caption of the world, each edit below is encoded with
+the caption, and the distance between the two [L, D] embeddings (Frobenius norm, every token
+position) is summarised over the captions:
+
+- direction: the opposite relation on the same axis (left <-> right, above <-> below); the
+  meaning flips;
+- axis: the relation on the other axis (left -> above, above -> left, ...);
+- colour: the first object in another colour;
+- shape: the first object as another shape;
+- paraphrase: the objects swapped with the opposite relation ("a blue square below a red
+  circle" for "a red circle above a blue square"); the same scene in other words.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from absl import flags
+
+from b2diffurl import cli
+from b2diffurl.world import shapes
+
+OPPOSITE = {"to the left of": "to the right of", "to the right of": "to the left of", "above": "below",
+            "below": "above"}
+OTHER_AXIS = {"to the left of": "above", "to the right of": "below", "above": "to the left of",
+              "below": "to the right of"}
+EDITS = ("direction", "axis", "colour", "shape", "paraphrase")
+
+
+def edit(caption: shapes.Caption, kind: str) -> shapes.Caption:
+    """`caption` (two objects) changed as `kind` says (one of EDITS)."""
+    (colour, shape), second = caption.objects
+    if kind == "direction":
+        return shapes.Caption(caption.objects, OPPOSITE[caption.relation])
+    if kind == "axis":
+        return shapes.Caption(caption.objects, OTHER_AXIS[caption.relation])
+    if kind == "colour":
+        other = next(c for c in shapes.COLOURS if c not in (colour, second[0]))
+        return shapes.Caption(((other, shape), second), caption.relation)
+    if kind == "shape":
+        other = next(s for s in shapes.SHAPES if s != shape and (colour, s) != second)
+        return shapes.Caption(((colour, other), second), caption.relation)
+    if kind == "paraphrase":
+        return shapes.Caption((second, (colour, shape)), OPPOSITE[caption.relation])
+    raise ValueError(f"edit takes one of {', '.join(EDITS)}, got {kind!r}")
+
+
+@torch.no_grad()
+def embed(tokenizer, text_encoder, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+    """[N, L, D] last hidden states of `texts`, padded to the tokenizer's max length."""
+    out = []
+    for i in range(0, len(texts), batch_size):
+        tokens = tokenizer(texts[i:i + batch_size], padding="max_length", max_length=tokenizer.model_max_length,
+                           truncation=True, return_tensors="pt")
+        out.append(text_encoder(tokens.input_ids.to(text_encoder.device))[0].float().cpu())
+    return torch.cat(out)
+
+
+def separation(tokenizer, text_encoder) -> dict[str, dict]:
+    """Per edit, over the world's two-object captions: the median, 10th and 90th percentile of the
+    embedding distance between a caption and its edit, and that median as a fraction of the
+    colour edit's."""
+    captions = [c for c in shapes.all_captions() if len(c.objects) == 2]
+    anchor = embed(tokenizer, text_encoder, [c.text() for c in captions])
+    result = {}
+    for kind in EDITS:
+        edited = embed(tokenizer, text_encoder, [edit(c, kind).text() for c in captions])
+        distance = (anchor - edited).flatten(1).norm(dim=1).numpy()
+        result[kind] = {"median": float(np.median(distance)), "p10": float(np.percentile(distance, 10)),
+                        "p90": float(np.percentile(distance, 90)), "n": len(captions)}
+    colour = result["colour"]["median"]
+    for row in result.values():
+        row["of_colour"] = row["median"] / colour if colour > 0 else float("nan")
+    return result
+
+
+def load_text_encoder(model: str):
+    """The tokenizer and (fp32, CPU) text encoder of a diffusers pipeline folder."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
+    return tokenizer, CLIPTextModel.from_pretrained(model, subfolder="text_encoder", torch_dtype=torch.float32).eval()
+
+
+def format_separation(result: dict[str, dict]) -> str:
+    lines = ["edit         median distance  10%-90%          of the colour edit's"]
+    for kind, r in result.items():
+        lines.append(f"{kind:<12} {r['median']:>15.2f}  {r['p10']:>6.2f}-{r['p90']:<8.2f} {r['of_colour']:>10.2f}")
+    return "\n".join(lines)
+
+
+FLAGS = cli.flag_values(with_config=False)
+MODEL = flags.DEFINE_string("model", "model/shapes-sd", "a diffusers pipeline folder with a text_encoder/",
+                            flag_values=FLAGS)
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.parse_command_flags(FLAGS, argv)
+    print(format_separation(separation(*load_text_encoder(MODEL.value))))
+
+
+if __name__ == "__main__":
+    main()
