@@ -141,7 +141,7 @@ def test_the_kept_record_rebuilds_the_rows_and_holds_only_the_last_complete_chec
         folder = os.path.join(run, f"stage{stage}")
         _evaluation(os.path.join(folder, "evaluation.json"), "lora", rate, 0.19)
         os.makedirs(os.path.join(folder, "checkpoints"))
-        for name in ("sample.pkl", "images.pt", "metrics.jsonl", "COMPLETE", "checkpoints/optimizer.pt"):
+        for name in ("sample.pkl", "images.pt", "metrics.jsonl", "history.json", "COMPLETE", "checkpoints/optimizer.pt"):
             with open(os.path.join(folder, name), "w") as f:
                 f.write(f"stage {stage}")
     os.makedirs(os.path.join(run, "stage2", "checkpoints"))  # an unfinished stage: no marker
@@ -155,6 +155,7 @@ def test_the_kept_record_rebuilds_the_rows_and_holds_only_the_last_complete_chec
     assert not any(name.endswith((".pkl", ".pt")) and "checkpoints" not in name for name in copied)
     assert "b2diffurl_seed0/stage0/checkpoints/optimizer.pt" not in copied  # only the last complete stage's
     assert "b2diffurl_seed0/stage2/checkpoints/optimizer.pt" not in copied
+    assert "b2diffurl_seed0/stage1/history.json" in copied and "b2diffurl_seed0/stage0/history.json" not in copied
     with open(os.path.join(dest, "b2diffurl_seed0", "stage0", "metrics.jsonl")) as f:
         assert f.read() == "stage 0"
     config = shapes.get_config()

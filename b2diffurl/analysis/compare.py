@@ -242,9 +242,9 @@ KEPT_FILES = ("compare.json", "results.json", "compare.md", "compare.png")
 
 def keep(out: str, dest: str) -> list[str]:
     """Copy what a study's record needs from `out` to `dest` (a folder to commit, a few hundred
-    kB a run): the comparison files and, for every run, its run_config.json and base evaluation
-    and every stage's evaluation, metrics, history and completion marker, with the last complete
-    stage's checkpoint. `compare --out dest --methods ''` rebuilds the table from it, and a copy
+    kB a run): the comparison files and, for every run, its run_config.json and base evaluation,
+    every stage's evaluation, metrics and completion marker, and the last complete stage's
+    checkpoint and score history. `compare --out dest --methods ''` rebuilds the table from it, and a copy
     of a run's folder back under `out` continues that run. Returns the files copied."""
     from b2diffurl.stage.paths import (BASE_EVALUATION_FILE, COMPLETE_FILE, EVALUATION_FILE, HISTORY_FILE,
                                        METRICS_FILE, RUN_CONFIG_FILE, stage_dirs)
@@ -257,10 +257,13 @@ def keep(out: str, dest: str) -> list[str]:
         wanted += [os.path.join(run, name) for name in (RUN_CONFIG_FILE, BASE_EVALUATION_FILE)]
         for _, folder in stages:
             wanted += [os.path.join(run, os.path.basename(folder), name)
-                       for name in (EVALUATION_FILE, METRICS_FILE, HISTORY_FILE, COMPLETE_FILE)]
+                       for name in (EVALUATION_FILE, METRICS_FILE, COMPLETE_FILE)]
         complete = [folder for _, folder in stages if os.path.exists(os.path.join(folder, COMPLETE_FILE))]
-        if complete and os.path.isdir(last := os.path.join(complete[-1], "checkpoints")):
-            wanted += [os.path.relpath(os.path.join(last, name), out) for name in sorted(os.listdir(last))]
+        if complete:  # what a continuation reads: the last stage's LoRA, optimiser state and score history
+            last = os.path.join(complete[-1], "checkpoints")
+            wanted += [os.path.relpath(os.path.join(complete[-1], HISTORY_FILE), out)]
+            wanted += [os.path.relpath(os.path.join(last, name), out)
+                       for name in (sorted(os.listdir(last)) if os.path.isdir(last) else [])]
     copied = []
     for name in wanted:
         source = os.path.join(out, name)
