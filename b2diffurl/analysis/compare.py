@@ -35,10 +35,10 @@ from b2diffurl.analysis.curves import read_evaluations
 from b2diffurl.analysis.metrics import mcnemar_chi2, paired_change
 from b2diffurl.errors import UserError
 from b2diffurl.files import REPO, atomic_write, atomic_write_json
+from b2diffurl.method.selection import CONTRAST
 from b2diffurl.world.shapes import HELD_OUT_TWO_OBJECTS
 
 METHODS = ("b2diffurl", "control", "ddpo")
-CONTRAST = ("contrast_groups", "contrast_both", "contrast_positive_only", "contrast_negative_only", "contrast_neither")
 
 
 def run_overrides(config, method: str, seed: int, out: str) -> dict:
@@ -246,8 +246,8 @@ def keep(out: str, dest: str) -> list[str]:
     every stage's evaluation, metrics and completion marker, and the last complete stage's
     checkpoint and score history. `compare --out dest --methods ''` rebuilds the table from it, and a copy
     of a run's folder back under `out` continues that run. Returns the files copied."""
-    from b2diffurl.stage.paths import (BASE_EVALUATION_FILE, COMPLETE_FILE, EVALUATION_FILE, HISTORY_FILE,
-                                       METRICS_FILE, RUN_CONFIG_FILE, stage_dirs)
+    from b2diffurl.stage.paths import (BASE_EVALUATION_FILE, CHECKPOINT_DIR, COMPLETE_FILE, EVALUATION_FILE,
+                                       HISTORY_FILE, METRICS_FILE, RUN_CONFIG_FILE, stage_dirs)
 
     wanted = [name for name in KEPT_FILES if os.path.exists(os.path.join(out, name))]
     for run in sorted(os.listdir(out)) if os.path.isdir(out) else []:
@@ -260,7 +260,7 @@ def keep(out: str, dest: str) -> list[str]:
                        for name in (EVALUATION_FILE, METRICS_FILE, COMPLETE_FILE)]
         complete = [folder for _, folder in stages if os.path.exists(os.path.join(folder, COMPLETE_FILE))]
         if complete:  # what a continuation reads: the last stage's LoRA, optimiser state and score history
-            last = os.path.join(complete[-1], "checkpoints")
+            last = os.path.join(complete[-1], CHECKPOINT_DIR)
             wanted += [os.path.relpath(os.path.join(complete[-1], HISTORY_FILE), out)]
             wanted += [os.path.relpath(os.path.join(last, name), out)
                        for name in (sorted(os.listdir(last)) if os.path.isdir(last) else [])]

@@ -31,6 +31,9 @@ def select_all(group_id: np.ndarray, advantages: np.ndarray, pos_threshold: floa
     return np.flatnonzero(np.isfinite(advantages)).astype(np.int64)
 
 
+CONTRAST = ("contrast_groups", "contrast_both", "contrast_positive_only", "contrast_negative_only", "contrast_neither")
+
+
 def contrast_census(group_id: np.ndarray, rewards: np.ndarray, advantages: np.ndarray,
                     chosen: np.ndarray) -> dict[str, int]:
     """How the selection used the groups whose branches' rewards differ (a contrast to learn
@@ -40,8 +43,7 @@ def contrast_census(group_id: np.ndarray, rewards: np.ndarray, advantages: np.nd
     are selected from its groups."""
     picked = np.zeros(len(group_id), dtype=bool)
     picked[chosen] = True
-    counts = {"contrast_groups": 0, "contrast_both": 0, "contrast_positive_only": 0, "contrast_negative_only": 0,
-              "contrast_neither": 0}
+    counts = dict.fromkeys(CONTRAST, 0)
     for group in np.unique(group_id):
         members = np.flatnonzero((group_id == group) & np.isfinite(rewards))
         if members.size == 0 or rewards[members].max() == rewards[members].min():

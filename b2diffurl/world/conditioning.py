@@ -52,15 +52,11 @@ def edit(caption: shapes.Caption, kind: str) -> shapes.Caption:
     raise ValueError(f"edit takes one of {', '.join(EDITS)}, got {kind!r}")
 
 
-@torch.no_grad()
-def embed(tokenizer, text_encoder, texts: list[str], batch_size: int = 256) -> torch.Tensor:
-    """[N, L, D] last hidden states of `texts`, padded to the tokenizer's max length."""
-    out = []
-    for i in range(0, len(texts), batch_size):
-        tokens = tokenizer(texts[i:i + batch_size], padding="max_length", max_length=tokenizer.model_max_length,
-                           truncation=True, return_tensors="pt")
-        out.append(text_encoder(tokens.input_ids.to(text_encoder.device))[0].float().cpu())
-    return torch.cat(out)
+def embed(tokenizer, text_encoder, texts: list[str]) -> torch.Tensor:
+    """[N, L, D] embeddings of `texts` as sampling builds them (models.prompts.encode_prompts)."""
+    from b2diffurl.models.prompts import encode_prompts
+
+    return encode_prompts(tokenizer, text_encoder, texts).float().cpu()
 
 
 def separation(tokenizer, text_encoder) -> dict[str, dict]:
