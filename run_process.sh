@@ -16,6 +16,9 @@
 #   LAUNCH="accelerate launch --multi_gpu --num_processes 8" bash run_process.sh
 # (sampling is sharded over the processes, training uses DDP, selection runs on the main one;
 # on a CPU-only machine the same command runs N CPU processes over gloo).
+# A failing step stops the loop with its exit code (the README lists them) and a line naming
+# the stage; SIGTERM stops it within seconds with 143; a second run on the same folder is
+# refused while this one holds the folder's lock.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -39,8 +42,43 @@ while IFS='=' read -r name value && [[ -n $name ]]; do
     first_stage | num_stages | eval_every | log_dir | run_dir) printf -v "$name" '%s' "$value" ;;
   esac
 done <<<"$plan"
+# One run per folder: the lock names this loop's process; its scripts run under it.
+$PYTHON -m b2diffurl.stage.lock acquire "$run_dir" $$
+trap '$PYTHON -m b2diffurl.stage.lock release "$run_dir" $$' EXIT
+export B2DIFFURL_LOCK_HOLDER=$$
+
 mkdir -p "$log_dir"
 echo "${plan#*$'\n\n'}" | tee "$log_dir/plan.txt"
+
+# Each step runs in the background while the loop waits, so that a SIGTERM (pre-emption,
+# scancel) is handled at once: passed on to the step, whose scripts remove what they had
+# half-written and exit, then the loop stops with 143. The tee ignores SIGTERM so that a signal
+# to the whole process group does not cut the step's last lines from the log.
+step_pid=
+on_sigterm() {
+  trap '' TERM
+  if [[ -n $step_pid ]]; then
+    kill -TERM "$step_pid" 2>/dev/null || true
+    wait "$step_pid" || true
+  fi
+  echo "=== stopped by SIGTERM in stage ${stage:-$first_stage}; rerun the same command to continue" >&2
+  exit 143
+}
+trap on_sigterm TERM
+run_step() { # run_step LOG_FILE WHAT COMMAND...: COMMAND's output to the terminal and LOG_FILE
+  local log_file=$1 what=$2 status=0
+  shift 2
+  "$@" > >(trap '' TERM; exec tee -a "$log_file") 2>&1 &
+  step_pid=$!
+  wait "$step_pid" || status=$?
+  step_pid=
+  if ((status != 0)); then
+    echo "=== stage $stage/$num_stages: $what failed with exit code $status (the line above says why);" \
+      "stages before $stage are complete, rerun the same command to continue" | tee -a "$log_file" >&2
+    exit "$status"
+  fi
+}
+
 if ((first_stage >= num_stages)); then
   echo "=== all $num_stages stages are complete already"
 elif ((first_stage > 0)); then
@@ -54,11 +92,11 @@ for ((stage = first_stage; stage < num_stages; stage++)); do
   : >"$log_file"
   for script in run_sample.py run_select.py run_train.py; do
     echo "=== stage $stage/$num_stages: $script" | tee -a "$log_file"
-    $LAUNCH "$script" "${ARGS[@]}" --config.stage "$stage" 2>&1 | tee -a "$log_file"
+    run_step "$log_file" "$script" $LAUNCH "$script" "${ARGS[@]}" --config.stage "$stage"
   done
   if ((eval_every > 0 && ((stage + 1) % eval_every == 0 || stage == num_stages - 1))); then
     echo "=== stage $stage/$num_stages: evaluation on held-out prompts" | tee -a "$log_file"
-    $PYTHON -m b2diffurl.analysis.evaluate "${ARGS[@]}" --stage "$stage" 2>&1 | tee -a "$log_file"
+    run_step "$log_file" evaluation $PYTHON -m b2diffurl.analysis.evaluate "${ARGS[@]}" --stage "$stage"
   fi
   elapsed=$((SECONDS - run_started))
   remaining=$((elapsed * (num_stages - stage - 1) / (stage + 1 - first_stage)))

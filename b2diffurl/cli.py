@@ -6,15 +6,17 @@ import together and each command's work stays a plain function callable from Pyt
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import signal
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from absl import flags
 from ml_collections import config_flags
 
-from b2diffurl.errors import EXIT_CODES, UserError
+from b2diffurl.errors import EXIT_CODES, SIGTERM_EXIT_CODE, Terminated, UserError, exit_code
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
@@ -52,6 +54,9 @@ def check_config(config) -> None:
         group, name = key.split(".")
         value = config[group][name]
         _require(value >= 1, key, "an integer >= 1", value)
+    _require(config.reward.retries >= 0, "reward.retries", "an integer >= 0", config.reward.retries)
+    _require(config.train.max_untrained_stages >= 1, "train.max_untrained_stages", "an integer >= 1",
+             config.train.max_untrained_stages)
     _require(config.eval.history_cnt >= 0, "eval.history_cnt", "an integer >= 0 (0: this stage's scores only)",
              config.eval.history_cnt)
     smin, smax = config.stages.split_step_min, config.stages.split_step_max
@@ -122,20 +127,52 @@ def load_config(values: flags.FlagValues, continues_run: bool = True):
     return config
 
 
+@contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """Within: SIGTERM raises errors.Terminated (once), so that `finally` blocks and the atomic
+    writes remove their partial files before the process exits."""
+    def on_sigterm(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the unwinding short
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _say(line: str) -> None:
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:  # the terminal or a `| tee` is gone already (SIGTERM to the whole group)
+        pass
+
+
 def run(values: flags.FlagValues, body: Callable, argv: Sequence[str] | None = None, *, positional: bool = False,
-        continues_run: bool = True):
+        continues_run: bool = True, where: Callable | None = None):
     """A command: parse `argv` (default sys.argv) into `values`, load and check the config (see
     load_config; `continues_run=False` for commands that only read a run), then return
     `body(config, *positional arguments)`. An error of errors.EXIT_CODES becomes one line on
-    stderr and its exit code."""
-    rest = parse_flags(values, sys.argv if argv is None else argv)
+    stderr, prefixed with `where(config)` (what was running) when given, and its exit code;
+    SIGTERM ends the command within seconds, without partial files, with exit code 143."""
+    argv = sys.argv if argv is None else argv
+    rest = parse_flags(values, argv)
+    config = None
     try:
-        if rest and not positional:
-            raise UserError(f"unexpected arguments: {' '.join(rest)}")
-        return body(load_config(values, continues_run), *rest)
+        with sigterm_unwinds():
+            if rest and not positional:
+                raise UserError(f"unexpected arguments: {' '.join(rest)}")
+            config = load_config(values, continues_run)
+            return body(config, *rest)
     except tuple(EXIT_CODES) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(EXIT_CODES[type(error)])
+        place = f"{where(config)}: " if where is not None and config is not None else ""
+        _say(f"error: {place}{error}")
+        sys.exit(exit_code(error))
+    except Terminated:
+        place = where(config) if where is not None and config is not None else os.path.basename(argv[0])
+        _say(f"error: {place}: stopped by SIGTERM; nothing partial was left, rerun the same command to continue")
+        sys.exit(SIGTERM_EXIT_CODE)
 
 
 def run_stage_script(step: str) -> None:
@@ -146,8 +183,17 @@ def run_stage_script(step: str) -> None:
 
     def body(config):
         from b2diffurl.logs import setup_logging
+        from b2diffurl.stage.lock import run_lock
+        from b2diffurl.stage.paths import run_dir
 
         setup_logging()
-        getattr(importlib.import_module(f"b2diffurl.stage.{step}"), f"{step}_stage")(config)
+        with run_lock(run_dir(config)):
+            getattr(importlib.import_module(f"b2diffurl.stage.{step}"), f"{step}_stage")(config)
 
-    run(flag_values(), body)
+    run(flag_values(), body, where=lambda config: f"stage {config.stage}, run_{step}.py{process_name()}")
+
+
+def process_name() -> str:
+    """", rank R of N" under a launcher of N > 1 processes, else ""."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return f", rank {os.environ.get('RANK', '?')} of {world}" if world > 1 else ""

@@ -1,7 +1,7 @@
 """The errors a user can act on, and the exit code each gets: a leaf module that imports nothing.
 
-A command reports these as one line on stderr (no traceback) and exits with EXIT_CODES[type];
-any other exception is a bug and keeps its traceback.
+A command reports these as one line on stderr (no traceback) and exits with exit_code(error);
+any other exception is a bug and keeps its traceback. The README's error table lists the codes.
 """
 
 
@@ -13,8 +13,42 @@ class SampleFileError(ValueError):
     """A sample file that is not what this version writes or what the config expects."""
 
 
+class DamagedFileError(UserError):
+    """A file of the run that cannot be read back (cut short by a crash, a disk error)."""
+
+
 class NonFiniteWeightsError(RuntimeError):
     """Training diverged: the LoRA holds NaN or inf, and is not saved."""
 
 
-EXIT_CODES = {UserError: 2, SampleFileError: 2, NonFiniteWeightsError: 1}
+class UntrainedStageError(RuntimeError):
+    """Stage after stage, every optimiser step was skipped (non-finite loss, fp16 overflow)."""
+
+
+class DiskSpaceError(OSError):
+    """A write failed (ENOSPC or another OSError), or a stage would not fit in the free space."""
+
+
+class RewardError(RuntimeError):
+    """The reward function raised, or returned the wrong number of scores or non-numbers."""
+
+
+class RunLockedError(RuntimeError):
+    """Another process holds the run folder's lock."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (pre-emption, scancel): unwind, removing partial files, then exit 143."""
+
+
+EXIT_CODES = {UserError: 2, SampleFileError: 2, NonFiniteWeightsError: 1, UntrainedStageError: 1,
+              DiskSpaceError: 3, RewardError: 4, RunLockedError: 5}
+SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a process that SIGTERM ended
+
+
+def exit_code(error: BaseException) -> int:
+    """The exit code of a user-actionable error (its class or nearest listed base), else 1."""
+    for cls in type(error).__mro__:
+        if cls in EXIT_CODES:
+            return EXIT_CODES[cls]
+    return 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -39,15 +40,24 @@ def _jsonable(value):
 
 
 def append_metrics(path: str, **fields) -> None:
-    """Append one JSON object as one whole line (a single write), with a wall-clock time."""
+    """Append one JSON object as one whole line (a single write), with a wall-clock time. A write
+    that fails (files.writing) leaves the file as it was."""
+    from b2diffurl.files import writing
+
     record = {"time": round(time.time(), 3), **{k: _jsonable(v) for k, v in fields.items()}}
-    line = json.dumps(record) + "\n"
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
+    line = json.dumps(record).encode() + b"\n"
+    with writing(path):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        size = os.fstat(fd).st_size
+        try:
+            if os.write(fd, line) != len(line):
+                raise OSError(errno.ENOSPC, "short write", path)
+        except BaseException:
+            os.ftruncate(fd, size)  # no half line
+            raise
+        finally:
+            os.close(fd)
 
 
 def read_metrics(path: str) -> list[dict]:

@@ -68,6 +68,7 @@ def get_config() -> ml_collections.ConfigDict:
     reward.aesthetic_weights = ""  # aesthetic: local .pth/.pt/.safetensors state dict of the LAION aesthetic MLP
     reward.components = ""  # weighted: "name:weight,...", e.g. "colour_match:1.0,jpeg_compressibility:0.01"
     reward.batch_size = 32  # images per reward call
+    reward.retries = 0  # retry a reward call that raises this many times (after 1, 2, 4 ... s): a remote scorer's passing failure
     reward.shuffle = False  # control run: each stage's rewards permuted among its samples (seeded), so they carry no signal
 
     # ---- normalisation and selection ----
@@ -100,6 +101,7 @@ def get_config() -> ml_collections.ConfigDict:
     train.fresh_optimizer = False  # True: each stage starts a new AdamW state (the release carries the previous stage's)
     train.steps_per_forward = 1  # steps of each sample per UNet call (rows = batch_size x this; 1 to s): the same update, fewer and larger calls
     train.gradient_checkpointing = False  # recompute UNet activations in the backward pass: less memory, slower
+    train.max_untrained_stages = 2  # stop the run when this many stages in a row skipped every optimiser step (fp16 overflow, NaN)
     train.use_8bit_adam = False  # bitsandbytes' 8-bit AdamW (needs bitsandbytes installed): smaller optimiser state
 
     return config

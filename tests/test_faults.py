@@ -43,10 +43,12 @@ def _tree_digest(folder):
     return digests
 
 
-def _run_until_killed(command, should_kill, timeout=300):
-    """Run `command` in its own process group; SIGKILL the group once should_kill(output) holds.
-    Returns the output; fails if the command finished before it was killed."""
-    process = subprocess.Popen(command, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+def _run_until_killed(command, should_kill, timeout=300, sig=signal.SIGKILL, group=True, env=None):
+    """Run `command` in its own process group; once should_kill(output) holds, send `sig` to the
+    group (or, `group=False`, to the command's own process only) and wait for it to end.
+    Returns (output, exit code, seconds from the signal to the end); fails if the command
+    finished before the signal."""
+    process = subprocess.Popen(command, cwd=REPO, env=env or ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                start_new_session=True)
     output = []
     reader = threading.Thread(target=lambda: output.extend(iter(lambda: process.stdout.read(64), b"")), daemon=True)
@@ -54,13 +56,26 @@ def _run_until_killed(command, should_kill, timeout=300):
     deadline = time.time() + timeout
     while process.poll() is None and time.time() < deadline:
         if should_kill(b"".join(output).decode(errors="replace")):
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            return b"".join(output).decode(errors="replace")
+            sent = time.time()
+            os.killpg(process.pid, sig) if group else process.send_signal(sig)
+            try:
+                code = process.wait(timeout=60)
+            finally:
+                if process.poll() is None:
+                    os.killpg(process.pid, signal.SIGKILL)
+            seconds = time.time() - sent
+            reader.join(timeout=10)
+            return b"".join(output).decode(errors="replace"), code, seconds
         time.sleep(0.02)
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGKILL)
     raise AssertionError("the command ended before the fault: " + b"".join(output).decode(errors="replace")[-2000:])
+
+
+def _partial_files(folder):
+    """Temporary files and folders (the atomic writes' .tmp-*) left anywhere below `folder`."""
+    return [os.path.join(root, name) for root, dirs, names in os.walk(folder) for name in dirs + names
+            if name.startswith(".tmp")]
 
 
 def _comparable(records):
@@ -97,12 +112,19 @@ def test_killed_scripts_resume_to_the_uninterrupted_result(tiny_config, tmp_path
     stage0_files = _tree_digest(os.path.join(run, "stage0"))
     assert os.path.exists(os.path.join(run, "stage0", "COMPLETE"))
     # Fault 2: the rerun continues at stage 1 and is killed while selecting.
-    _run_until_killed(process, lambda out: "stage 1: scoring" in out)
+    output, _, _ = _run_until_killed(process, lambda out: "stage 1: scoring" in out)
+    assert "which is gone; taking the lock over" in output  # the SIGKILLed loop could not let its lock go
     assert os.path.exists(os.path.join(stage1, "sample.pkl")) and not os.path.exists(os.path.join(stage1, "COMPLETE"))
-    # Fault 3: killed while training, after some optimiser steps were logged.
+    # Fault 3: SIGTERM to run_process.sh (pre-emption) while training, after some optimiser
+    # steps were logged: the loop and its script stop within seconds with 143, leaving no partial file.
     metrics1 = os.path.join(stage1, "metrics.jsonl")
-    _run_until_killed(process, lambda out: os.path.exists(metrics1) and "optimizer_step" in open(metrics1).read())
-    assert not os.path.exists(os.path.join(stage1, "COMPLETE"))
+    output, code, seconds = _run_until_killed(
+        process, lambda out: os.path.exists(metrics1) and "optimizer_step" in open(metrics1).read(),
+        sig=signal.SIGTERM, group=False)
+    assert code == 143 and seconds < 20, (code, seconds, output[-2000:])
+    assert "error: stage 1, run_train.py: stopped by SIGTERM" in output and "stopped by SIGTERM in stage 1" in output
+    assert not os.path.exists(os.path.join(stage1, "COMPLETE")) and not _partial_files(run)
+    assert not os.path.exists(os.path.join(run, ".lock"))  # the loop let its lock go
     # The last rerun finishes.
     result = subprocess.run(process, cwd=REPO, env=ENV, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -224,3 +246,149 @@ def test_continuing_a_run_with_a_run_defining_setting_changed_is_refused(tiny_co
                                                                              "0.001")], cwd=REPO, env=ENV,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def _one_error_line(result, code, *parts):
+    """The command failed with `code` and one `error:` line holding every one of `parts`."""
+    assert result.returncode == code, (result.returncode, result.stderr[-3000:])
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and all(part in errors[0] for part in parts), result.stderr[-3000:]
+    return errors[0]
+
+
+def _script(tiny_config, script, stage, *extra, env=None):
+    return subprocess.run([sys.executable, script, *_flags(tiny_config, "--config.stage", str(stage), *extra)],
+                          cwd=REPO, env=env or ENV, capture_output=True, text=True)
+
+
+def test_a_second_run_on_the_same_folder_is_refused(tiny_config):
+    process = ["bash", "run_process.sh", *_flags(tiny_config)]
+    first = subprocess.Popen(process, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lock_file = os.path.join(tiny_config.save_path, "tiny_random", ".lock")
+    deadline = time.time() + 120
+    while not os.path.exists(lock_file) and time.time() < deadline:
+        time.sleep(0.05)
+    second = subprocess.run(process, cwd=REPO, env=ENV, capture_output=True, text=True)
+    by_hand = _script(tiny_config, "run_select.py", 0)
+    output, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, output[-3000:]
+    line = _one_error_line(second, 5, f"in use by process {first.pid} on host")
+    assert "wait for it to end" in line
+    _one_error_line(by_hand, 5, "in use by process")
+    assert "all 2 stages done" in output and not os.path.exists(lock_file)
+
+
+def test_a_failing_reward_stops_selection_naming_it_and_the_rerun_completes(tiny_config, tmp_path):
+    module = tmp_path / "remote_scorer.py"
+    module.write_text(
+        "import os\n"
+        "import numpy as np\n"
+        "calls = 0\n"
+        "def score(images, prompts):\n"
+        "    global calls\n"
+        "    calls += 1\n"
+        "    if calls == int(os.environ.get('FAIL_ON_CALL', '0')):\n"
+        "        raise ConnectionError('scorer unreachable')\n"
+        "    return images.reshape(len(images), -1).mean(axis=1) / 255.0\n")
+    env = {**ENV, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ENV.get('PYTHONPATH', '')}", "FAIL_ON_CALL": "2"}
+    reward = ["--config.reward.name", "remote_scorer:score", "--config.reward.batch_size", "8"]
+    tiny_config.stages.num_stages = 2
+    tiny_config.reward.name = "remote_scorer:score"  # the run is made with it
+    sample_stage(tiny_config)
+    stage0 = plan_stage(tiny_config).paths
+    before = _tree_digest(stage0.root)
+    result = _script(tiny_config, "run_select.py", 0, *reward, env=env)
+    _one_error_line(result, 4, "stage 0, run_select.py: reward remote_scorer:score failed on batch 2 of 4",
+                    "ConnectionError: scorer unreachable")
+    assert _tree_digest(stage0.root) == before  # nothing of the selection was written
+    result = _script(tiny_config, "run_select.py", 0, *reward, "--config.reward.retries", "1", env=env)
+    assert result.returncode == 0 and "retry 1 of 1" in result.stderr, result.stderr[-3000:]
+    assert os.path.exists(stage0.selected) and os.path.exists(stage0.history)
+
+
+def _complete_stage(config, stage):
+    config.stage = stage
+    sample_stage(config)
+    select_stage(config)
+    train_stage(config)
+
+
+def _truncate(path):
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 3])
+
+
+@pytest.mark.parametrize("damaged, script", [
+    ("stage0/checkpoints/pytorch_lora_weights.safetensors", "run_sample.py"),
+    ("stage0/checkpoints/optimizer.pt", "run_train.py"),
+    ("stage0/history.json", "run_select.py"),
+    ("run_config.json", "run_sample.py"),
+])
+def test_a_damaged_file_of_an_earlier_stage_is_one_line_naming_it(tiny_config, damaged, script):
+    tiny_config.stages.num_stages = 2
+    _complete_stage(tiny_config, 0)
+    tiny_config.stage = 1
+    if script != "run_sample.py":
+        sample_stage(tiny_config)
+    if script == "run_train.py":
+        select_stage(tiny_config)
+    run = os.path.join(tiny_config.save_path, "tiny_random")
+    _truncate(os.path.join(run, damaged))
+    result = _script(tiny_config, script, 1)
+    recovery = "delete it and rerun" if damaged == "run_config.json" else "stage0 and the stage folders after it"
+    _one_error_line(result, 2, os.path.join(run, damaged), recovery)
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("script, file", [
+    ("run_sample.py", "sample.pkl"), ("run_sample.py", "images.pt"), ("run_select.py", "history.json"),
+    ("run_select.py", "sample_stage.pkl"), ("run_train.py", "checkpoints"), ("run_train.py", "metrics.jsonl"),
+    ("run_train.py", "COMPLETE"),
+])
+def test_a_full_disk_in_any_script_is_one_line_and_the_rerun_completes(tiny_config, script, file):
+    tiny_config.stages.num_stages = 2
+    _complete_stage(tiny_config, 0)
+    run = os.path.join(tiny_config.save_path, "tiny_random")
+    stage0 = _tree_digest(os.path.join(run, "stage0"))
+    tiny_config.stage = 1
+    for earlier in ("run_sample.py", "run_select.py")[: ("run_sample.py", "run_select.py", "run_train.py").index(script)]:
+        {"run_sample.py": sample_stage, "run_select.py": select_stage}[earlier](tiny_config)
+    result = _script(tiny_config, script, 1, env={**ENV, "B2DIFFURL_FAIL_WRITE": file})
+    _one_error_line(result, 3, f"stage 1, {script}: cannot write", file, "free")
+    assert "Traceback" not in result.stderr
+    assert not os.path.exists(os.path.join(run, "stage1", "COMPLETE")) and not _partial_files(run)
+    if file != "metrics.jsonl":
+        assert not os.path.exists(os.path.join(run, "stage1", file))
+    assert _tree_digest(os.path.join(run, "stage0")) == stage0
+    result = subprocess.run(["bash", "run_process.sh", *_flags(tiny_config)], cwd=REPO, env=ENV,
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and "continuing at stage 1" in result.stdout, result.stderr[-3000:]
+
+
+def test_stages_that_skip_every_optimiser_step_are_flagged_then_stop_the_run(tiny_config):
+    from b2diffurl.errors import UntrainedStageError
+    from b2diffurl.stage.sample_file import save_samples
+
+    tiny_config.stages.num_stages = 3
+    for stage in range(2):
+        tiny_config.stage = stage
+        sample_stage(tiny_config)
+        select_stage(tiny_config)
+        paths = plan_stage(tiny_config).paths
+        selected = load_samples(paths.selected, selected=True)
+        selected["advantages"] = torch.full_like(selected["advantages"], float("nan"))  # every loss non-finite
+        save_samples(selected, paths.selected, selected=True)
+        if stage == 0:
+            train_stage(tiny_config)
+        else:
+            with pytest.raises(UntrainedStageError, match="stage 1 was skipped .* since 0 \\(2 in a row"):
+                train_stage(tiny_config)
+    run = os.path.join(tiny_config.save_path, "tiny_random")
+    assert os.path.exists(os.path.join(run, "stage0", "COMPLETE"))
+    assert not os.path.exists(os.path.join(run, "stage1", "COMPLETE"))
+    assert not os.path.exists(os.path.join(run, "stage1", "checkpoints"))
+    from b2diffurl.analysis.stage_table import stage_table
+
+    assert stage_table(read_run_metrics(run))[0]["train"] == "UNTRAINED"

@@ -64,7 +64,8 @@ def evaluate(config, lora: str | None = None, stage: int | None = None, prompt_f
     def evaluate_model(name: str) -> dict:
         images, expanded = generate_with_config(pipe, accelerator, config, prompts, num_images, seed=config.seed)
         images = images.numpy()
-        scores = score_images(reward, images, expanded, config.reward.batch_size)
+        scores = score_images(reward, images, expanded, config.reward.batch_size, name=f"reward {config.reward.name}",
+                              retries=config.reward.retries)
         result = summarise(expanded, scores, embed(images), group_of)
         log.info("%s: reward %.4f ± %.4f (95%% CI), diversity %.4f per prompt, %.4f over all %d images", name,
                  result["reward_mean"], result["reward_ci95"], result["diversity_mean"], result["diversity_all"],
@@ -117,11 +118,19 @@ def main(argv: list[str] | None = None) -> None:
     from b2diffurl.logs import setup_logging
 
     def body(config):
-        setup_logging()
-        evaluate(config, LORA.value or None, STAGE.value if STAGE.value >= 0 else None, PROMPT_FILE.value or None,
-                 NUM_IMAGES.value or None, OUT.value or None, with_base=not NO_BASE.value)
+        import contextlib
 
-    cli.run(FLAGS, body, argv, continues_run=False)
+        from b2diffurl.stage.lock import run_lock
+        from b2diffurl.stage.paths import run_dir
+
+        setup_logging()
+        stage = STAGE.value if STAGE.value >= 0 else None
+        with run_lock(run_dir(config)) if stage is not None else contextlib.nullcontext():  # writes into the run
+            evaluate(config, LORA.value or None, stage, PROMPT_FILE.value or None, NUM_IMAGES.value or None,
+                     OUT.value or None, with_base=not NO_BASE.value)
+
+    cli.run(FLAGS, body, argv, continues_run=False,
+            where=lambda config: f"evaluation of stage {STAGE.value}" if STAGE.value >= 0 else "evaluation")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ def stage_table(records: list[dict]) -> list[dict]:
             losses.setdefault(record["stage"], []).append(record["loss"])
             kls.setdefault(record["stage"], []).append(record["approx_kl"])
         elif record["event"] == "train":
-            row["train"] = "skipped" if record.get("skipped") else f"{record['optimizer_steps']} steps"
+            row["train"] = ("skipped" if record.get("skipped") else "UNTRAINED" if record.get("untrained")
+                            else f"{record['optimizer_steps']} steps")
     for stage, row in stages.items():
         if stage in losses:
             row.update(loss=float(np.mean(losses[stage])), approx_kl=float(np.mean(kls[stage])))

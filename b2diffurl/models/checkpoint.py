@@ -15,8 +15,8 @@ import shutil
 
 import torch
 
-from b2diffurl.errors import NonFiniteWeightsError
-from b2diffurl.files import staging_dir
+from b2diffurl.errors import DamagedFileError, NonFiniteWeightsError
+from b2diffurl.files import recovery, staging_dir, writing
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -36,9 +36,8 @@ def save_checkpoint(unet, directory: str, optimizer: torch.optim.Optimizer | Non
     """Write the UNet's LoRA (and the optimiser's and grad scaler's states) to `directory`,
     atomically as a folder.
 
-    Refuses (NonFiniteWeightsError) to write non-finite weights."""
-    from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
+    Refuses (NonFiniteWeightsError) to write non-finite weights; a write that fails raises
+    DiskSpaceError and leaves `directory` as it was."""
     from peft.utils import get_peft_model_state_dict
 
     lora = get_peft_model_state_dict(unet)
@@ -46,23 +45,33 @@ def save_checkpoint(unet, directory: str, optimizer: torch.optim.Optimizer | Non
     if bad:
         raise NonFiniteWeightsError(f"the LoRA has non-finite weights (in {bad[0]} and {len(bad) - 1} more "
                                     "tensors); not saving it: lower train.learning_rate or check the rewards")
-    staging = staging_dir(os.path.dirname(os.path.abspath(directory)), ".tmp-checkpoint-")
+    staging = None
     try:
-        StableDiffusionPipeline.save_lora_weights(
-            staging, unet_lora_layers=convert_state_dict_to_diffusers(lora),
-            unet_lora_adapter_metadata=_adapter_metadata(unet),
-        )
-        if optimizer is not None:
-            torch.save(optimizer.state_dict(), os.path.join(staging, OPTIMIZER_FILE))
-        if scaler is not None:
-            torch.save(scaler.state_dict(), os.path.join(staging, SCALER_FILE))
-        with open(os.path.join(staging, STATE_FILE), "w") as f:
-            json.dump(state or {}, f, indent=2)
-        if os.path.isdir(directory):
-            shutil.rmtree(directory)
-        os.rename(staging, directory)
+        with writing(directory):
+            staging = staging_dir(os.path.dirname(os.path.abspath(directory)), ".tmp-checkpoint-")
+            _write_checkpoint(staging, lora, unet, optimizer, state, scaler)
+            if os.path.isdir(directory):
+                shutil.rmtree(directory)
+            os.rename(staging, directory)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_checkpoint(staging: str, lora: dict, unet, optimizer, state, scaler) -> None:
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+
+    StableDiffusionPipeline.save_lora_weights(
+        staging, unet_lora_layers=convert_state_dict_to_diffusers(lora),
+        unet_lora_adapter_metadata=_adapter_metadata(unet),
+    )
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), os.path.join(staging, OPTIMIZER_FILE))
+    if scaler is not None:
+        torch.save(scaler.state_dict(), os.path.join(staging, SCALER_FILE))
+    with open(os.path.join(staging, STATE_FILE), "w") as f:
+        json.dump(state or {}, f, indent=2)
 
 
 def load_lora(unet, directory: str) -> None:
@@ -71,7 +80,11 @@ def load_lora(unet, directory: str) -> None:
     from diffusers.utils import convert_unet_state_dict_to_peft
     from peft.utils import set_peft_model_state_dict
 
-    state_dict, _ = StableDiffusionPipeline.lora_state_dict(directory, weight_name=LORA_FILE)
+    try:
+        state_dict, _ = StableDiffusionPipeline.lora_state_dict(directory, weight_name=LORA_FILE)
+    except Exception as error:  # cut short or not safetensors: the library says so in its own words
+        path = os.path.join(directory, LORA_FILE)
+        raise DamagedFileError(f"{path} cannot be read as a LoRA ({_first_line(error)}); {recovery(path)}") from None
     unet_state = {k[len("unet."):]: v for k, v in state_dict.items() if k.startswith("unet.")}
     result = set_peft_model_state_dict(unet, convert_unet_state_dict_to_peft(unet_state), adapter_name="default")
     unexpected = getattr(result, "unexpected_keys", None)
@@ -86,6 +99,14 @@ def load_training_state(directory: str, optimizer: torch.optim.Optimizer | None,
     for name, target, file in (("optimiser", optimizer, OPTIMIZER_FILE), ("grad scaler", scaler, SCALER_FILE)):
         path = os.path.join(directory, file)
         if target is not None and os.path.exists(path):
-            target.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
+            try:
+                saved = torch.load(path, weights_only=True, map_location="cpu")
+            except Exception as error:
+                raise DamagedFileError(f"{path} cannot be read ({_first_line(error)}); {recovery(path)}") from None
+            target.load_state_dict(saved)
             restored.append(name)
     return restored
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from b2diffurl.errors import UserError
+from b2diffurl.errors import RewardError, UserError
 
 Reward = Callable[[np.ndarray, list[str]], np.ndarray]
 Factory = Callable[..., Reward]
@@ -72,10 +72,41 @@ def build_reward(reward_config, device="cpu") -> Reward:
     return resolve(reward_config.name)(reward_config, device)
 
 
-def score_images(reward: Reward, images: np.ndarray, prompts: list[str], batch_size: int) -> np.ndarray:
-    """reward over `images` in batches of `batch_size`; returns float64 [N]."""
-    scores = [np.asarray(reward(images[i : i + batch_size], prompts[i : i + batch_size]), dtype=np.float64)
-              for i in range(0, len(images), batch_size)]
+def score_images(reward: Reward, images: np.ndarray, prompts: list[str], batch_size: int, name: str = "the reward",
+                 retries: int = 0, retry_wait: float = 1.0) -> np.ndarray:
+    """reward over `images` in batches of `batch_size`; returns float64 [N]. A batch whose call
+    raises is retried up to `retries` times (after `retry_wait` s, doubling, at most 60 s: a remote
+    scorer's passing failure); a call that still raises, or returns other than one number per image, is a
+    RewardError naming `name` and the batch (the reward's own traceback is logged before it)."""
+    import logging
+    import time
+
+    log = logging.getLogger(__name__)
+    scores = []
+    num_batches = math.ceil(len(images) / batch_size)
+    for batch, start in enumerate(range(0, len(images), batch_size)):
+        where = f"{name} failed on batch {batch + 1} of {num_batches} (images {start}..{min(start + batch_size, len(images)) - 1})"
+        for attempt in range(retries + 1):
+            try:
+                output = reward(images[start : start + batch_size], prompts[start : start + batch_size])
+                break
+            except Exception as error:
+                if attempt == retries:
+                    log.error("%s; its traceback:", where, exc_info=True)
+                    raise RewardError(f"{where}: {type(error).__name__}: {error}") from None
+                wait = min(retry_wait * 2.0**attempt, 60.0)
+                log.warning("%s (%s: %s); retry %d of %d in %.0fs", where, type(error).__name__, error, attempt + 1,
+                            retries, wait)
+                time.sleep(wait)
+        try:
+            batch_scores = np.asarray(output, dtype=np.float64)
+        except (TypeError, ValueError) as error:
+            raise RewardError(f"{where}: it returned non-numbers ({error})") from None
+        expected = len(images[start : start + batch_size])
+        if batch_scores.shape != (expected,):
+            raise RewardError(f"{where}: it returned shape {batch_scores.shape} for {expected} images, not one "
+                              "score per image")
+        scores.append(batch_scores)
     return np.concatenate(scores) if scores else np.zeros(0)
 
 

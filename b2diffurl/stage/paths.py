@@ -25,6 +25,7 @@ COMPLETE_FILE = "COMPLETE"  # completion marker, written last
 EVALUATION_FILE = "evaluation.json"  # held-out evaluation of this stage's LoRA
 RUN_CONFIG_FILE = "run_config.json"  # run level: the settings a continuation must keep
 BASE_EVALUATION_FILE = "evaluation_base.json"  # run level: the base model's held-out evaluation
+LOCK_FILE = ".lock"  # run level: host and process id of the run working on the folder (stage/lock.py)
 
 
 def run_dir(config) -> str:

@@ -40,7 +40,8 @@ def select_stage(config) -> None:
     record, images = _load_stage_samples(config, plan)
     reward = build_reward(config.reward, accelerator.device)
     log.info("stage %d: scoring %d images with %s", plan.stage, len(images), config.reward.name)
-    scores = score_images(reward, images, record["prompts"], config.reward.batch_size)
+    scores = score_images(reward, images, record["prompts"], config.reward.batch_size,
+                          name=f"reward {config.reward.name}", retries=config.reward.retries)
     if config.reward.shuffle:  # the control run: what the update does to the model without signal
         scores = np.random.default_rng(plan.seed).permutation(scores)
     finite = np.isfinite(scores)
@@ -87,7 +88,10 @@ def _load_stage_samples(config, plan: StagePlan) -> tuple[dict, np.ndarray]:
     records, images = [], []
     for samples_path, images_path in shards:
         records.append(load_samples(samples_path, expect=stage_meta(config, plan)))
-        images.append(torch.load(images_path, weights_only=True).numpy())
+        try:
+            images.append(torch.load(images_path, weights_only=True).numpy())
+        except Exception as error:
+            raise SampleFileError(f"{images_path} cannot be read as decoded images: {error}") from None
         if len(images[-1]) != len(records[-1]["prompts"]):
             raise SampleFileError(f"{images_path} holds {len(images[-1])} images for {len(records[-1]['prompts'])} "
                                   "samples")

@@ -117,10 +117,13 @@ def train_stage(config) -> None:
         _check_processes_agree(accelerator, unet)
     if not main:
         return
-    state.update(totals, skipped=False)
+    untrained = totals["optimizer_steps"] > 0 and totals["skipped_steps"] == totals["optimizer_steps"]
+    state.update(totals, skipped=False, untrained=untrained)
+    if untrained:
+        _refuse_untrained_streak(config, plan.stage, totals["optimizer_steps"])
     save_checkpoint(unet, stage_paths.checkpoint, optimizer, {**state, "config": config.to_dict()}, accelerator.scaler)
     append_metrics(metrics_path, stage=plan.stage, event="train", split_step=plan.split_step,
-                   num_samples=num_samples, num_processes=accelerator.num_processes, skipped=False,
+                   num_samples=num_samples, num_processes=accelerator.num_processes, skipped=False, untrained=untrained,
                    training_seconds=round(time.time() - training_started, 2), **totals, **peak_gpu_memory())
     track(accelerator, config, plan.stage, {
         **{f"train/{k}": np.nanmean([step[k] for step in steps]) for k in ("loss", "approx_kl", "clipfrac", "grad_norm")},
@@ -130,6 +133,28 @@ def train_stage(config) -> None:
              "LoRA saved to %s", plan.stage, totals["optimizer_steps"], totals["skipped_steps"],
              config.train.batch_size * config.train.gradient_accumulation_steps, totals["samples_used"],
              totals["samples_used"] + totals["samples_left_over"], totals["samples_left_over"], stage_paths.checkpoint)
+
+
+def _refuse_untrained_streak(config, stage: int, num_steps: int) -> None:
+    """Called when stage `stage` skipped all `num_steps` of its optimiser steps: a warning, or
+    UntrainedStageError once train.max_untrained_stages stages in a row have (the stage is then
+    not marked complete)."""
+    from b2diffurl.errors import UntrainedStageError
+    from b2diffurl.files import read_json
+    from b2diffurl.stage.paths import StagePaths
+
+    streak = [stage]
+    while streak[0] > 0 and read_json(StagePaths.of(config, streak[0] - 1).complete_marker).get("untrained"):
+        streak.insert(0, streak[0] - 1)
+    what = (f"every one of the {num_steps} optimiser steps of stage {stage} was skipped (non-finite loss or "
+            "gradient, or fp16 overflow)")
+    if len(streak) >= config.train.max_untrained_stages:
+        raise UntrainedStageError(
+            f"{what}, as in every stage since {streak[0]} ({len(streak)} in a row, train.max_untrained_stages = "
+            f"{config.train.max_untrained_stages}); the stage is not marked complete: lower train.learning_rate or "
+            "use mixed_precision 'bf16' or 'no', then rerun the same command")
+    log.warning("%s: its LoRA is the previous stage's; the run stops if %d stages in a row do not train", what,
+                config.train.max_untrained_stages)
 
 
 def _check_processes_agree(accelerator, unet) -> None:
