@@ -54,6 +54,10 @@ def check_config(config) -> None:
         group, name = key.split(".")
         value = config[group][name]
         _require(value >= 1, key, "an integer >= 1", value)
+    from b2diffurl.stage.retention import KEEP_CHOICES
+
+    _require(config.keep_sample_files in KEEP_CHOICES, "keep_sample_files", " / ".join(KEEP_CHOICES),
+             config.keep_sample_files)
     _require(config.reward.retries >= 0, "reward.retries", "an integer >= 0", config.reward.retries)
     _require(config.train.max_untrained_stages >= 1, "train.max_untrained_stages", "an integer >= 1",
              config.train.max_untrained_stages)

@@ -47,8 +47,12 @@ def free_space(path: str) -> str:
     folder = os.path.abspath(path)
     while not os.path.exists(folder) and os.path.dirname(folder) != folder:
         folder = os.path.dirname(folder)
-    free = shutil.disk_usage(folder).free
-    return f"{free / 2**30:.2f} GiB free" if free >= 2**30 else f"{free / 2**20:.1f} MiB free"
+    return f"{human_size(shutil.disk_usage(folder).free)} free"
+
+
+def human_size(size: float) -> str:
+    """Bytes in GiB from 0.1 GiB up, else in MiB."""
+    return f"{size / 2**30:.2f} GiB" if size >= 2**30 / 10 else f"{size / 2**20:.1f} MiB"
 
 
 _writes = 0

@@ -16,6 +16,7 @@ from config import base
 def get_config():
     config = base.get_config()
     config.exp_name = "tiny_random"
+    config.keep_sample_files = "all"  # a few MB: the tests read every stage's
     config.num_branches = 4
     config.mixed_precision = "no"
     config.prompt_file = "config/prompt/extra/colour_fruit_train.json"

@@ -46,7 +46,7 @@ def small_filesystem(tmp_path):
 
 def test_a_full_disk_raises_one_error_naming_the_file_and_leaves_nothing(small_filesystem):
     path = os.path.join(small_filesystem, "sample.pkl")
-    with pytest.raises(DiskSpaceError, match=r"cannot write .*sample\.pkl: .*(KiB|MiB) free"):
+    with pytest.raises(DiskSpaceError, match=r"cannot write .*sample\.pkl: .*\(0\.\d MiB free\)"):
         files.atomic_torch_save(torch.zeros(100_000), path)  # 400 kB into 64 KiB
     assert _listing(small_filesystem) == []
     files.atomic_write_json({"fits": True}, path)  # and a write that fits still works
@@ -224,3 +224,50 @@ def test_errno_of_an_injected_fault_is_enospc(tmp_path, monkeypatch):
     with pytest.raises(OSError) as caught:
         files._injected_fault(str(tmp_path / "x.json"))
     assert caught.value.errno == errno.ENOSPC
+
+
+@pytest.mark.parametrize("keep", ["last", "none"])
+def test_complete_stages_drop_their_sample_files_and_the_run_goes_on(tiny_config, keep):
+    from b2diffurl.analysis.evaluate import evaluate
+    from b2diffurl.stage import retention
+    from b2diffurl.stage.paths import StagePaths
+    from b2diffurl.stage.sample import sample_stage
+    from b2diffurl.stage.select import select_stage
+    from b2diffurl.stage.train import train_stage
+
+    tiny_config.keep_sample_files = "all"
+    tiny_config.stages.num_stages = 3
+    tiny_config.sample.save_png = True
+    sample_stage(tiny_config)
+    stage0 = StagePaths.of(tiny_config, 0)
+    estimate = retention.stage_footprint(tiny_config)  # at the largest split step; stage 0 has the smallest
+    select_stage(tiny_config)
+    measured = {name: retention._size(path) for name, path in (("sample_files", stage0.samples), ("images", stage0.images),
+                                                                ("selected", stage0.selected), ("pngs", stage0.image_dir))}
+    assert measured["images"] == pytest.approx(estimate["images"], rel=0.05)  # + torch.save's own bytes
+    assert 0.3 < measured["sample_files"] / estimate["sample_files"] <= 1.0
+    assert 0.3 < measured["pngs"] / estimate["pngs"] <= 1.5
+    train_stage(tiny_config)
+    tiny_config.keep_sample_files = keep
+    for stage in (1, 2):
+        tiny_config.stage = stage
+        sample_stage(tiny_config)
+        select_stage(tiny_config)
+        train_stage(tiny_config)
+    kept = {stage: bool(retention.sample_files(StagePaths.of(tiny_config, stage).root)) for stage in range(3)}
+    assert kept == {0: False, 1: False, 2: keep == "last"}
+    for stage in range(3):  # what evaluation, reports and continuation read stays
+        paths = StagePaths.of(tiny_config, stage)
+        for path in (paths.checkpoint, paths.history, paths.metrics, paths.best_worst_grid, paths.complete_marker):
+            assert os.path.exists(path), path
+    assert "keep_sample_files = " in retention.describe_footprint(tiny_config)
+    report = evaluate(tiny_config, stage=2, num_images=1, with_base=False)
+    assert report["results"]
+
+
+def test_a_stage_that_would_not_fit_is_refused_before_it_starts(tiny_config, small_filesystem):
+    from b2diffurl.stage import retention
+
+    tiny_config.save_path = small_filesystem
+    with pytest.raises(DiskSpaceError, match=r"stage0 needs about 0\.\d MiB and .*small has 0\.\d MiB free"):
+        retention.check_free_space(tiny_config, os.path.join(small_filesystem, "tiny_random", "stage0"))

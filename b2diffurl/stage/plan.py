@@ -75,6 +75,9 @@ def print_plan(config, field: str | None = None) -> None:
         plan = plan_stage(config, stage)
         print(plan.stage, plan.split_step, plan.branch_point, plan.seed, "yes" if plan.paths.is_complete() else "no",
               plan.resume_from or "-")
+    from b2diffurl.stage.retention import describe_footprint
+
+    print(describe_footprint(config))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from b2diffurl.models.prompts import choose_prompts, encode_prompts, load_prompt
 from b2diffurl.stage.context import begin, load_policy, make_accelerator, peak_gpu_memory, stage_meta, track
 from b2diffurl.stage.paths import StagePaths, image_name
 from b2diffurl.stage.plan import StagePlan
+from b2diffurl.stage.retention import check_free_space
 from b2diffurl.stage.sample_file import make_record, save_samples
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ def sample_stage(config) -> None:
     plan = begin(config, accelerator, clear_interrupted=True)
     if plan is None:
         return
+    if accelerator.is_main_process:
+        check_free_space(config, plan.paths.root)
     rank, num_processes = accelerator.process_index, accelerator.num_processes
     num_batches = config.sample.num_batches_per_stage
     if num_batches < num_processes:

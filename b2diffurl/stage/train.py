@@ -29,6 +29,7 @@ from b2diffurl.stage.context import (
     stage_meta,
     track,
 )
+from b2diffurl.stage.retention import sweep
 from b2diffurl.stage.sample_file import load_samples
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ def train_stage(config) -> None:
             append_metrics(metrics_path, stage=plan.stage, event="train", split_step=plan.split_step, num_samples=0,
                            skipped=True, reason="no selected samples")
             mark_complete(stage_paths, state)
+            sweep(config, plan.stage)
         return
 
     unet, optimizer = accelerator.prepare(pipe.unet, optimizer)
@@ -129,6 +131,7 @@ def train_stage(config) -> None:
         **{f"train/{k}": np.nanmean([step[k] for step in steps]) for k in ("loss", "approx_kl", "clipfrac", "grad_norm")},
         "train/optimizer_steps": totals["optimizer_steps"], "train/skipped_steps": totals["skipped_steps"]})
     mark_complete(stage_paths, state)
+    sweep(config, plan.stage)
     log.info("stage %d: %d optimiser steps (%d skipped) of %d samples used %d of %d sample passes (%d left over); "
              "LoRA saved to %s", plan.stage, totals["optimizer_steps"], totals["skipped_steps"],
              config.train.batch_size * config.train.gradient_accumulation_steps, totals["samples_used"],
