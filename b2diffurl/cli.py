@@ -58,6 +58,7 @@ def check_config(config) -> None:
 
     _require(config.keep_sample_files in KEEP_CHOICES, "keep_sample_files", " / ".join(KEEP_CHOICES),
              config.keep_sample_files)
+    _require(config.process_timeout > 0, "process_timeout", "> 0 seconds", config.process_timeout)
     _require(config.reward.retries >= 0, "reward.retries", "an integer >= 0", config.reward.retries)
     _require(config.train.max_untrained_stages >= 1, "train.max_untrained_stages", "an integer >= 1",
              config.train.max_untrained_stages)

@@ -60,10 +60,15 @@ def append_metrics(path: str, **fields) -> None:
             os.close(fd)
 
 
+NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
 def read_metrics(path: str) -> list[dict]:
-    """Every record of a metrics file, in order."""
+    """Every record of a metrics file, in order, with the non-finite numbers that append_metrics
+    wrote as strings read back as floats."""
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        records = [json.loads(line) for line in f if line.strip()]
+    return [{k: NON_FINITE.get(v, v) if isinstance(v, str) else v for k, v in r.items()} for r in records]
 
 
 def read_run_metrics(run: str) -> list[dict]:

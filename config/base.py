@@ -27,6 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.resume_from = ""  # LoRA checkpoint folder that stage 0 starts from; "" starts a new LoRA
     config.mixed_precision = "fp16"  # "no", "fp16" or "bf16": dtype of the frozen models
     config.allow_tf32 = True  # TF32 matmuls on Ampere+ GPUs
+    config.process_timeout = 1800  # seconds a process of a launch waits for the others before the launch fails (a hung rank)
     config.keep_sample_files = "last"  # which complete stages keep sample.pkl, images.pt, images/, sample_stage.pkl: "all", "last" or "none"
     config.tensorboard = True  # also log stage scalars and grids to {run}/tensorboard if tensorboard is installed
     config.prompt_file = "config/prompt/template1_train.json"  # JSON list of prompts (the paper's template 1)

@@ -81,3 +81,57 @@ def test_two_processes_shard_sampling_and_train_with_synchronised_gradients(tiny
     difference = max((lora_two[k] - lora_one[k]).abs().max().item() for k in lora_one if "lora.up" in k)
     assert max(lora_two[k].abs().max().item() for k in lora_two if "lora.up" in k) > 100 * difference
     assert os.path.exists(os.path.join(two, "COMPLETE"))
+
+
+def _process_of_rank(rank: int, marker: str) -> int | None:
+    """The pid of the launched worker of `rank` whose environment holds `marker`, if running."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
+        except OSError:
+            continue
+        if marker.encode() in environ and f"RANK={rank}".encode() in environ and b"LOCAL_RANK=" + str(rank).encode() in environ:
+            return int(pid)
+    return None
+
+
+def test_a_dead_rank_ends_the_launch_and_the_rerun_completes(tiny_config, tmp_path):
+    import signal
+    import time
+
+    from b2diffurl.stage.paths import StagePaths
+
+    marker = f"B2DIFFURL_TEST_RUN={tmp_path.name}"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", marker.split("=")[0]: marker.split("=")[1],
+           "LAUNCH": " ".join(LAUNCH)}
+    flags = ["--config", "config/tiny_random.py", "--config.pretrained.model", tiny_config.pretrained.model,
+             "--config.pretrained.build_tiny=False", "--config.save_path", tiny_config.save_path,
+             "--config.log_dir", tiny_config.log_dir, "--config.stages.num_stages", "2", "--config.eval.every", "0",
+             "--config.process_timeout", "30", "--config.tensorboard=False"]
+    tiny_config.stages.num_stages = 2
+    stage1 = StagePaths.of(tiny_config, 1)
+    for when in ("sampling", "training"):  # stage 1 dies in sampling; the rerun's stage 1 dies in training
+        process = subprocess.Popen(["bash", "run_process.sh", *flags], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        deadline, killed = time.time() + 600, None
+        while process.poll() is None and time.time() < deadline and killed is None:
+            ready = (os.path.exists(stage1.root) if when == "sampling" else
+                     os.path.exists(stage1.metrics) and "optimizer_step" in open(stage1.metrics).read())
+            pid = _process_of_rank(1, marker) if ready else None
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+                killed = time.time()
+            time.sleep(0.05)
+        assert killed is not None, "the worker of rank 1 was never seen"
+        output, _ = process.communicate(timeout=120)
+        seconds = time.time() - killed
+        assert process.returncode != 0 and seconds < 90, (process.returncode, seconds, output[-3000:])
+        failed = [line for line in output.splitlines() if line.startswith("=== stage 1/2:") and "failed" in line]
+        assert failed and ("run_sample.py" if when == "sampling" else "run_train.py") in failed[0], output[-3000:]
+        assert StagePaths.of(tiny_config, 0).is_complete() and not stage1.is_complete()
+    result = subprocess.run(["bash", "run_process.sh", *flags], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0 and "continuing at stage 1" in result.stdout, result.stderr[-3000:]
+    assert "interrupted; clearing" in result.stderr  # the dead attempt's shards are gone, not mixed in
+    assert len(load_samples(stage1.samples.replace("sample.pkl", "sample.0-of-2.pkl"))["prompts"]) == 16

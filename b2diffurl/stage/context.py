@@ -25,11 +25,14 @@ log = logging.getLogger(__name__)
 
 def make_accelerator(config):
     """The Accelerator of a script: device, mixed precision, TF32 where asked and available, and
-    a TensorBoard tracker in {run}/tensorboard when config.tensorboard and tensorboard is installed.
+    a TensorBoard tracker in {run}/tensorboard when config.tensorboard and tensorboard is installed,
+    and config.process_timeout for every wait on the other processes.
     Under `accelerate launch` with N processes, only the main process logs at INFO level."""
+    import datetime
     import importlib.util
 
     from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
 
     if config.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -37,9 +40,11 @@ def make_accelerator(config):
     tensorboard = config.tensorboard and importlib.util.find_spec("tensorboard") is not None
     # Launched on N processes without CUDA (accelerate launch --multi_gpu on a CPU box): gloo on CPU.
     cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    # A process that waits longer than process_timeout for the others (a rank that hangs) fails the launch.
+    timeout = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=config.process_timeout))
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=cpu,
                               log_with="tensorboard" if tensorboard else None,
-                              project_dir=os.path.join(run_dir(config), "tensorboard"))
+                              project_dir=os.path.join(run_dir(config), "tensorboard"), kwargs_handlers=[timeout])
     if accelerator.num_processes > 1:
         from b2diffurl.logs import setup_logging
 
