@@ -392,3 +392,16 @@ def test_stages_that_skip_every_optimiser_step_are_flagged_then_stop_the_run(tin
     from b2diffurl.analysis.stage_table import stage_table
 
     assert stage_table(read_run_metrics(run))[0]["train"] == "UNTRAINED"
+
+
+def test_sigterm_to_a_script_run_by_hand_is_a_prompt_exit_143_without_partial_files(tiny_config):
+    command = [sys.executable, "run_sample.py", *_flags(tiny_config, "--config.sample.num_batches_per_stage", "8")]
+    output, code, seconds = _run_until_killed(command, lambda out: "stage 0 sample:  " in out and "1/8" in out,
+                                              sig=signal.SIGTERM, group=False)
+    assert code == 143 and seconds < 20, (code, seconds, output[-2000:])
+    assert "error: stage 0, run_sample.py: stopped by SIGTERM" in output and "Traceback" not in output
+    run = os.path.join(tiny_config.save_path, "tiny_random")
+    assert not _partial_files(run) and not os.path.exists(os.path.join(run, ".lock"))
+    assert not os.path.exists(os.path.join(run, "stage0", "sample.pkl"))
+    result = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]

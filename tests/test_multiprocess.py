@@ -91,7 +91,7 @@ def _process_of_rank(rank: int, marker: str) -> int | None:
                 environ = f.read().split(b"\0")
         except OSError:
             continue
-        if marker.encode() in environ and f"RANK={rank}".encode() in environ and b"LOCAL_RANK=" + str(rank).encode() in environ:
+        if marker.encode() in environ and f"LOCAL_RANK={rank}".encode() in environ:
             return int(pid)
     return None
 
@@ -133,5 +133,5 @@ def test_a_dead_rank_ends_the_launch_and_the_rerun_completes(tiny_config, tmp_pa
     result = subprocess.run(["bash", "run_process.sh", *flags], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=900)
     assert result.returncode == 0 and "continuing at stage 1" in result.stdout, result.stderr[-3000:]
-    assert "interrupted; clearing" in result.stderr  # the dead attempt's shards are gone, not mixed in
+    assert "interrupted; clearing" in result.stdout  # the dead attempt's shards are gone, not mixed in
     assert len(load_samples(stage1.samples.replace("sample.pkl", "sample.0-of-2.pkl"))["prompts"]) == 16
