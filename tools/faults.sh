@@ -5,10 +5,14 @@
 # removed) completes the run, and the seconds from the fault to the exit. Prints a Markdown table
 # (docs/reliability.md holds one as printed). About 10 minutes on 2 CPU cores.
 #
-#   bash tools/faults.sh [WORK_DIR]
+#   bash tools/faults.sh [WORK_DIR [FAULT ...]]
+#
+# FAULT names the rows to make (default all): kill term disk small reward twice damaged untrained rank.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-/tmp/b2diffurl_faults}
+faults=" ${*:2} "
+want() { [[ $faults == "  " || $faults == *" $1 "* ]]; }
 rm -rf "$work" && mkdir -p "$work"
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 PYTHON=${PYTHON:-python}
@@ -28,9 +32,10 @@ stage0() { # stage0 NAME: stage 0 complete, by hand
 }
 said() { # said LOG: the line the user saw (the error line, else the loop's)
   local line
-  line=$(grep -a -m1 '^error:' "$1" || grep -a -m1 -E '^=== (stage .* failed|stopped)' "$1" || echo "(none)")
+  line=$(tr '\r' '\n' <"$1" | grep -a -m1 '^error:' || tr '\r' '\n' <"$1" | grep -a -m1 -E '^=== (stage .* failed|stopped)' ||
+    echo "(none)")
   line=${line//|/\\|}
-  echo "${line//$work/WORK}" | cut -c1-230
+  echo "${line//$work/WORK}" | cut -c1-260
 }
 row() { printf '| %s | %s | %s | %s | %s | %s |\n' "$@"; }
 rerun() { # rerun NAME [ENV...]: the same command, without the fault
@@ -83,27 +88,34 @@ echo "| fault | exit code | the line the user saw | stage 0 intact | rerun compl
 echo "|---|---|---|---|---|---|"
 
 # 1. SIGKILL (the OOM killer, a node lost) while stage 1 trains.
+if want kill; then
 stage0 kill && before=$(digest "$(run_of kill)/stage0")
 signal_during kill KILL group training
 row "SIGKILL of the whole job while stage 1 trains" "$code" "$(said "$work/kill.log")" \
   "$([[ $(digest "$(run_of kill)/stage0") == "$before" ]] && echo yes || echo NO)" "$(rerun kill)" "$took"
+fi
 
 # 2. SIGTERM (pre-emption, scancel) to run_process.sh while stage 1 trains.
+if want term; then
 stage0 term && before=$(digest "$(run_of term)/stage0")
 signal_during term TERM loop training
 leftover=$(find "$(run_of term)" -name '.tmp*' | wc -l)
 row "SIGTERM to run_process.sh while stage 1 trains ($leftover partial files left)" "$code" "$(said "$work/term.log")" \
   "$([[ $(digest "$(run_of term)/stage0") == "$before" ]] && echo yes || echo NO)" "$(rerun term)" "$took"
+fi
 
 # 3. The disk fills while stage 1 writes its selection (injected ENOSPC).
+if want disk; then
 stage0 disk && before=$(digest "$(run_of disk)/stage0")
 started=$SECONDS
 B2DIFFURL_FAIL_WRITE=sample_stage.pkl bash run_process.sh $(flags disk) >"$work/disk.log" 2>&1
 code=$?
 row "full disk writing stage 1's sample_stage.pkl (injected ENOSPC)" "$code" "$(said "$work/disk.log")" \
   "$([[ $(digest "$(run_of disk)/stage0") == "$before" ]] && echo yes || echo NO)" "$(rerun disk)" "$((SECONDS - started))"
+fi
 
 # 4. A real small filesystem: the run does not fit (a mounted tmpfs, where the machine allows it).
+if want small; then
 mkdir -p "$work/small"
 if mount -t tmpfs -o size=512k tmpfs "$work/small" 2>/dev/null; then
   started=$SECONDS
@@ -116,8 +128,10 @@ if mount -t tmpfs -o size=512k tmpfs "$work/small" 2>/dev/null; then
 else
   row "a small filesystem" "-" "(cannot mount a tmpfs here: skipped)" "-" "-" "-"
 fi
+fi
 
 # 5. The reward raises on its 2nd call (a remote scorer down), in stage 1's selection.
+if want reward; then
 cat >"$work/remote_scorer.py" <<'EOF'
 import os
 calls = 0
@@ -140,8 +154,10 @@ code=$?
 rerun_ok=$(bash run_process.sh $(flags reward) $reward >"$work/reward.rerun.log" 2>&1 && echo yes || echo no)
 row "the reward raises on its 2nd call of stage 1" "$code" "$(said "$work/reward.log")" \
   "$([[ $(digest "$(run_of reward)/stage0") == "$before" ]] && echo yes || echo NO)" "$rerun_ok" "$((SECONDS - started))"
+fi
 
 # 6. A second run_process.sh on the same folder while the first runs.
+if want twice; then
 bash run_process.sh $(flags twice) >"$work/twice.first.log" 2>&1 &
 first=$!
 wait_for 120 test -f "$(run_of twice)/.lock"
@@ -152,8 +168,10 @@ took=$((SECONDS - started))
 wait "$first" && first_ok=yes || first_ok=no
 row "a second run_process.sh on the same folder" "$code" "$(said "$work/twice.log")" "n/a" \
   "$first_ok (the first run)" "$took"
+fi
 
 # 7. Stage 0's LoRA cut short (a machine crash, a disk error): recover by deleting stage 0.
+if want damaged; then
 stage0 damaged
 lora="$(run_of damaged)/stage0/checkpoints/pytorch_lora_weights.safetensors"
 truncate -s $(($(stat -c %s "$lora") / 3)) "$lora"
@@ -164,8 +182,10 @@ took=$((SECONDS - started))
 rm -rf "$(run_of damaged)/stage0"
 row "stage 0's LoRA file truncated (recovery: delete stage0, rerun)" "$code" "$(said "$work/damaged.log")" "n/a" \
   "$(rerun damaged)" "$took"
+fi
 
 # 8. Every optimiser step skipped, stage after stage (NaN advantages injected into the selection).
+if want untrained; then
 nan_selection() {
   $PYTHON - "$1" <<'EOF'
 import sys, torch
@@ -186,9 +206,12 @@ for stage in 0 1; do
 done
 row "stages 0 and 1 skip every optimiser step (NaN advantages injected)" "$code" "$(said "$work/untrained.log")" \
   "n/a" "$(rerun untrained)" "$((SECONDS - started))"
+fi
 
 # 9. One of two processes of accelerate launch killed while stage 1 samples.
+if want rank; then
 stage0 rank && before=$(digest "$(run_of rank)/stage0")
 signal_during rank KILL rank1 sampling LAUNCH="$LAUNCH2"
 row "rank 1 of 2 (accelerate launch) killed while stage 1 samples" "$code" "$(said "$work/rank.log")" \
   "$([[ $(digest "$(run_of rank)/stage0") == "$before" ]] && echo yes || echo NO)" "$(rerun rank LAUNCH="$LAUNCH2")" "$took"
+fi

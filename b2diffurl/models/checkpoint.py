@@ -84,7 +84,7 @@ def load_lora(unet, directory: str) -> None:
         state_dict, _ = StableDiffusionPipeline.lora_state_dict(directory, weight_name=LORA_FILE)
     except Exception as error:  # cut short or not safetensors: the library says so in its own words
         path = os.path.join(directory, LORA_FILE)
-        raise DamagedFileError(f"{path} cannot be read as a LoRA ({_first_line(error)}); {recovery(path)}") from None
+        raise DamagedFileError(f"{path} cannot be read as a LoRA ({type(error).__name__}); {recovery(path)}") from None
     unet_state = {k[len("unet."):]: v for k, v in state_dict.items() if k.startswith("unet.")}
     result = set_peft_model_state_dict(unet, convert_unet_state_dict_to_peft(unet_state), adapter_name="default")
     unexpected = getattr(result, "unexpected_keys", None)
