@@ -46,6 +46,12 @@ EXIT_CODES = {UserError: 2, SampleFileError: 2, NonFiniteWeightsError: 1, Untrai
 SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a process that SIGTERM ended
 
 
+def first_line(error: BaseException) -> str:
+    """An exception's message cut to its first line (its type's name if it has none): what a
+    one-line error quotes of a library's own words."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 def exit_code(error: BaseException) -> int:
     """The exit code of a user-actionable error (its class or nearest listed base), else 1."""
     for cls in type(error).__mro__:

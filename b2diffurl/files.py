@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from typing import IO, Callable, Iterator
 
-from b2diffurl.errors import DiskSpaceError
+from b2diffurl.errors import DiskSpaceError, first_line
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,12 +42,17 @@ def staging_dir(parent: str, prefix: str) -> str:
     return staging
 
 
-def free_space(path: str) -> str:
-    """The free space of the filesystem holding `path` (or its nearest existing parent), in words."""
+def existing_folder(path: str) -> str:
+    """`path` if it exists, else its nearest existing parent."""
     folder = os.path.abspath(path)
     while not os.path.exists(folder) and os.path.dirname(folder) != folder:
         folder = os.path.dirname(folder)
-    return f"{human_size(shutil.disk_usage(folder).free)} free"
+    return folder
+
+
+def free_space(path: str) -> str:
+    """The free space of the filesystem holding `path` (or its nearest existing parent), in words."""
+    return f"{human_size(shutil.disk_usage(existing_folder(path)).free)} free"
 
 
 def human_size(size: float) -> str:
@@ -85,7 +90,7 @@ def writing(path: str) -> Iterator[None]:
     except BaseException as error:
         if not _is_write_failure(error):
             raise
-        reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
+        reason = getattr(error, "strerror", None) or first_line(error)
         raise DiskSpaceError(f"cannot write {path}: {reason} ({free_space(path)}); free some space "
                              "and rerun the same command") from None
 

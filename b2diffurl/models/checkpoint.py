@@ -15,7 +15,7 @@ import shutil
 
 import torch
 
-from b2diffurl.errors import DamagedFileError, NonFiniteWeightsError
+from b2diffurl.errors import DamagedFileError, NonFiniteWeightsError, first_line
 from b2diffurl.files import recovery, staging_dir, writing
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -102,11 +102,7 @@ def load_training_state(directory: str, optimizer: torch.optim.Optimizer | None,
             try:
                 saved = torch.load(path, weights_only=True, map_location="cpu")
             except Exception as error:
-                raise DamagedFileError(f"{path} cannot be read ({_first_line(error)}); {recovery(path)}") from None
+                raise DamagedFileError(f"{path} cannot be read ({first_line(error)}); {recovery(path)}") from None
             target.load_state_dict(saved)
             restored.append(name)
     return restored
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]

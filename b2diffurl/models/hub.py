@@ -10,7 +10,7 @@ import os
 import socket
 import urllib.parse
 
-from b2diffurl.errors import UserError
+from b2diffurl.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def locate_model(model: str, what: str, build_tiny: bool = False, revision: str 
         socket.getaddrinfo(host, 443)  # fail in a second, not after the hub client's retries
         hf_hub_download(model, probe_file, revision=revision)
     except Exception as error:  # no network, no such repo, gated, ...
-        reason = (str(error).splitlines() or [type(error).__name__])[0][:120]
+        reason = first_line(error)[:120]
         raise UserError(
             f"{what} {model!r} is not a local folder, not in the HF cache, and cannot be downloaded "
             f"here ({reason}); download it first or point the config at a local copy; "

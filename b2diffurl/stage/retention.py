@@ -18,7 +18,7 @@ import os
 import shutil
 
 from b2diffurl.errors import DiskSpaceError
-from b2diffurl.files import free_space, human_size
+from b2diffurl.files import existing_folder, free_space, human_size
 from b2diffurl.stage.paths import (
     CHECKPOINT_DIR,
     IMAGE_DIR,
@@ -136,10 +136,7 @@ def check_free_space(config, stage_root: str) -> None:
     if footprint is None:
         return
     needed = MARGIN * sum(size or 0 for size in footprint.values())
-    folder = os.path.abspath(run_dir(config))
-    while not os.path.exists(folder) and os.path.dirname(folder) != folder:
-        folder = os.path.dirname(folder)
-    free = shutil.disk_usage(folder).free
-    if free < needed:
+    folder = existing_folder(run_dir(config))
+    if shutil.disk_usage(folder).free < needed:
         raise DiskSpaceError(f"{stage_root} needs about {human_size(needed)} and {folder} has {free_space(folder)}; free "
                              "some space (keep_sample_files = 'none' keeps least) and rerun the same command")
