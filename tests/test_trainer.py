@@ -81,6 +81,8 @@ def test_lora_checkpoint_loads_into_a_plain_diffusers_pipeline(tiny_config, tiny
     finally:
         os.umask(previous)
     assert os.stat(tmp_path / "ckpt").st_mode & 0o777 == 0o755  # readable by a teammate, as mkdir makes it
+    assert {name: oct(os.stat(tmp_path / "ckpt" / name).st_mode & 0o777) for name in os.listdir(tmp_path / "ckpt")} == {
+        "pytorch_lora_weights.safetensors": "0o644", "training_state.json": "0o644"}  # as open makes them
     x, t, text = torch.randn(1, 4, 8, 8), torch.tensor([500]), torch.randn(1, 77, 32)
     with torch.no_grad():
         expected = pipe.unet(x, t, encoder_hidden_states=text).sample

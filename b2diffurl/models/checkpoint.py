@@ -16,7 +16,7 @@ import shutil
 import torch
 
 from b2diffurl.errors import DamagedFileError, NonFiniteWeightsError, first_line
-from b2diffurl.files import recovery, staging_dir, writing
+from b2diffurl.files import default_mode, recovery, staging_dir, writing
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -72,6 +72,8 @@ def _write_checkpoint(staging: str, lora: dict, unet, optimizer, state, scaler) 
         torch.save(scaler.state_dict(), os.path.join(staging, SCALER_FILE))
     with open(os.path.join(staging, STATE_FILE), "w") as f:
         json.dump(state or {}, f, indent=2)
+    for name in os.listdir(staging):  # safetensors writes its file owner-only: give each what `open` would
+        os.chmod(os.path.join(staging, name), default_mode(0o666))
 
 
 def load_lora(unet, directory: str) -> None:
