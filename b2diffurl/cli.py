@@ -84,6 +84,9 @@ def check_config(config) -> None:
     _require(not config.resume_from or os.path.isdir(config.resume_from), "resume_from",
              "'' (a new LoRA) or an existing checkpoint folder", config.resume_from)
     prompts.load_prompts(config.prompt_file)  # raises UserError naming the file
+    from b2diffurl.tracking import check_trackers
+
+    check_trackers(config)  # a tracker name, and wandb installed where asked for
 
 
 def parse_flags(values: flags.FlagValues, argv: Sequence[str]) -> list[str]:
@@ -192,10 +195,22 @@ def run_stage_script(step: str) -> None:
         from b2diffurl.stage.paths import run_dir
 
         setup_logging()
+        run_step = getattr(importlib.import_module(f"b2diffurl.stage.{step}"), f"{step}_stage")
         with run_lock(run_dir(config)):
-            getattr(importlib.import_module(f"b2diffurl.stage.{step}"), f"{step}_stage")(config)
+            run_step(config, command=invocation(values)) if step == "train" else run_step(config)
 
-    run(flag_values(), body, where=lambda config: f"stage {config.stage}, run_{step}.py{process_name()}")
+    values = flag_values()
+    run(values, body, where=lambda config: f"stage {config.stage}, run_{step}.py{process_name()}")
+
+
+def invocation(values: flags.FlagValues) -> str:
+    """The run_process.sh command of the parsed --config flag: its file and overrides, less the stage."""
+    import shlex
+
+    overrides = config_flags.get_override_values(values["config"])
+    overrides.pop("stage", None)
+    return shlex.join(["bash", "run_process.sh", config_flags.get_config_filename(values["config"]),
+                       *[f"--config.{key}={value}" for key, value in overrides.items()]])
 
 
 def process_name() -> str:

@@ -29,7 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.allow_tf32 = True  # TF32 matmuls on Ampere+ GPUs
     config.process_timeout = 1800  # seconds a process of a launch waits for the others before the launch fails (a hung rank)
     config.keep_sample_files = "last"  # which complete stages keep sample.pkl, images.pt, images/, sample_stage.pkl: "all", "last" or "none"
-    config.tensorboard = True  # also log stage scalars and grids to {run}/tensorboard if tensorboard is installed
+    config.report_to = "tensorboard"  # trackers: "tensorboard" (if installed), "wandb", "tensorboard,wandb", "all", "none"
     config.prompt_file = "config/prompt/template1_train.json"  # JSON list of prompts (the paper's template 1)
 
     # ---- backward progressive curriculum ----

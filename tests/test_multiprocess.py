@@ -25,7 +25,7 @@ LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--
 def _run_stage(tiny_config, save_path, launcher):
     flags = ["--config", "config/tiny_random.py", "--config.pretrained.model", tiny_config.pretrained.model,
              "--config.pretrained.build_tiny=False", "--config.save_path", save_path, "--config.stage", "0",
-             "--config.sample.save_png=False", "--config.tensorboard=False",
+             "--config.sample.save_png=False", "--config.report_to=none",
              # 16 selected samples in batches of 4, 3 batches an optimiser step: groups of 3 and 1
              # batches, so that some process runs a padding (weight-0) pass in every step.
              "--config.train.gradient_accumulation_steps", "3"]
@@ -108,7 +108,7 @@ def test_a_dead_rank_ends_the_launch_and_the_rerun_completes(tiny_config, tmp_pa
     flags = ["--config", "config/tiny_random.py", "--config.pretrained.model", tiny_config.pretrained.model,
              "--config.pretrained.build_tiny=False", "--config.save_path", tiny_config.save_path,
              "--config.log_dir", tiny_config.log_dir, "--config.stages.num_stages", "2", "--config.eval.every", "0",
-             "--config.process_timeout", "30", "--config.tensorboard=False"]
+             "--config.process_timeout", "30", "--config.report_to=none"]
     tiny_config.stages.num_stages = 2
     stage1 = StagePaths.of(tiny_config, 1)
     for when in ("sampling", "training"):  # stage 1 dies in sampling; the rerun's stage 1 dies in training

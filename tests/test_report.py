@@ -40,8 +40,8 @@ def train(stage, split_step, steps):
             "skipped": False, "training_seconds": 1.0, "optimizer_steps": steps, "skipped_steps": 0}
 
 
-def evaluation(stage, mean, std, diversity):
-    return {"stage": stage, "results": {"lora": {"reward_mean": mean, "reward_std": std,
+def evaluation(stage, mean, ci95, diversity):
+    return {"stage": stage, "results": {"lora": {"reward_mean": mean, "reward_ci95": ci95,
                                                  "diversity_mean": diversity, "num_images": 16}}}
 
 
@@ -63,7 +63,7 @@ def run(tmp_path):
     (run / "stage0" / "evaluation.json").write_text(json.dumps(evaluation(0, 0.52, 0.02, 0.3)))
     (run / "stage2" / "evaluation.json").write_text(json.dumps(evaluation(2, 0.61, 0.03, "nan")))
     (run / "evaluation_base.json").write_text(json.dumps(
-        {"results": {"base": {"reward_mean": 0.5, "reward_std": 0.025, "diversity_mean": 0.35}}}))
+        {"results": {"base": {"reward_mean": 0.5, "reward_ci95": 0.025, "diversity_mean": 0.35}}}))
     (run / "run_config.json").write_text(json.dumps({"sample.num_steps": 10, "reward.name": "colour_match"}))
     return run
 
@@ -86,8 +86,28 @@ def test_collect_per_stage(run):
     same(data["num_positive"], [2, 0, 1])
     same(data["num_negative"], [1, 0, 2])
     same(data["num_selected"], [3, 0, 3])
+    same(data["images_sampled"], [8, 16, 24])  # the sample events' counts, summed
+    same(data["reward_success_rate"], [math.nan] * 3)  # not a 0/1 reward
     assert (data["run"], data["num_steps"], data["reward"]) == ("run", 10, "colour_match")
     assert data["warnings"] == []
+
+
+def test_collect_success_rates_of_a_binary_reward(run):
+    for stage in (0, 2):
+        path = run / f"stage{stage}" / "metrics.jsonl"
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        for record in records:
+            if record["event"] == "select":
+                record.update(reward_successes=2, reward_success_rate=0.25, reward_success_ci95_low=0.07,
+                              reward_success_ci95_high=0.59)
+        write_lines(path, records)
+        content = evaluation(stage, 0.3, 0.1, 0.2)
+        content["results"]["lora"]["success"] = {"two objects": {"success_rate": 0.3, "ci95_low": 0.2,
+                                                                 "ci95_high": 0.4, "num_images": 80}}
+        (run / f"stage{stage}" / "evaluation.json").write_text(json.dumps(content))
+    data = collect(str(run))
+    same(data["reward_success_rate"], [0.25, math.nan, 0.25])  # stage 1's select has none
+    same(data["eval_success"]["two objects"]["ci95_high"], [0.4, 0.4])
 
 
 def test_collect_per_optimiser_step(run):
@@ -106,9 +126,10 @@ def test_collect_evaluations(run):
     data = collect(str(run))
     same(data["eval_stage"], [0, 2])
     same(data["eval_reward_mean"], [0.52, 0.61])
-    same(data["eval_reward_std"], [0.02, 0.03])
+    same(data["eval_reward_ci95"], [0.02, 0.03])
     same(data["eval_diversity_mean"], [0.3, math.nan])
-    assert data["base"] == {"reward_mean": 0.5, "reward_std": 0.025, "diversity_mean": 0.35}
+    assert data["base"] == {"reward_mean": 0.5, "reward_ci95": 0.025, "diversity_mean": 0.35, "success": {}}
+    assert data["eval_success"] == {}  # a continuous reward
 
 
 def test_collect_without_evaluations_and_with_a_broken_one(run):
@@ -123,9 +144,9 @@ def test_collect_without_evaluations_and_with_a_broken_one(run):
 def test_collect_base_from_a_stage_file(run):
     (run / "evaluation_base.json").unlink()
     content = evaluation(2, 0.61, 0.03, 0.2)
-    content["results"]["base"] = {"reward_mean": 0.45, "reward_std": 0.01, "diversity_mean": 0.4}
+    content["results"]["base"] = {"reward_mean": 0.45, "reward_ci95": 0.01, "diversity_mean": 0.4}
     (run / "stage2" / "evaluation.json").write_text(json.dumps(content))
-    assert collect(str(run))["base"] == {"reward_mean": 0.45, "reward_std": 0.01, "diversity_mean": 0.4}
+    assert collect(str(run))["base"] == {"reward_mean": 0.45, "reward_ci95": 0.01, "diversity_mean": 0.4, "success": {}}
 
 
 def test_collect_of_an_empty_folder(tmp_path):

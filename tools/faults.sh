@@ -20,7 +20,7 @@ LAUNCH2="$PYTHON -m accelerate.commands.launch --multi_gpu --num_processes 2 --n
 
 flags() { # flags NAME: the run's flags, its folders under $work/NAME
   echo --config config/tiny_random.py --config.save_path "$work/$1" --config.log_dir "$work/$1/log" \
-    --config.stages.num_stages 2 --config.eval.every 0 --config.tensorboard=False
+    --config.stages.num_stages 2 --config.eval.every 0 --config.report_to=none
 }
 run_of() { echo "$work/$1/tiny_random"; }
 digest() { (cd "$1" 2>/dev/null && find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16); }

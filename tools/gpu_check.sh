@@ -34,7 +34,7 @@ run=$out/runs/stage_process/stage0
 flags=(--config config/stage_process.py --config.pretrained.model "$model" --config.reward.name colour_match
   --config.prompt_file config/prompt/extra/colour_fruit_train.json --config.sample.num_batches_per_stage 1
   --config.split_step 14 --config.save_path "$out/runs" --config.train.gradient_accumulation_steps 4
-  --config.train.num_epochs 1 --config.tensorboard=False)
+  --config.train.num_epochs 1 --config.report_to=none)
 for script in run_sample.py run_select.py run_train.py; do
   python3 "$script" "${flags[@]}" 2>&1 | grep -E "INFO|error"
 done

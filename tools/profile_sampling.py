@@ -56,7 +56,7 @@ def main() -> None:
     config = tiny.get_config()
     config.pretrained.model, config.pretrained.build_tiny = model, False
     config.mixed_precision = "fp16" if "--fp16" in sys.argv else "no"
-    config.tensorboard = False
+    config.report_to = "none"
     accelerator = make_accelerator(config)
     device = accelerator.device
     pipe = load_pipeline(config, device)

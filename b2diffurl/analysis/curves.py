@@ -21,10 +21,11 @@ import numpy as np
 from b2diffurl.logs import read_run_metrics
 from b2diffurl.stage.paths import BASE_EVALUATION_FILE, EVALUATION_FILE, METRICS_FILE, RUN_CONFIG_FILE, stage_dirs
 
-SELECT_FIELDS = ("reward_mean", "reward_std", "reward_min", "reward_max",
-                 "num_positive", "num_negative", "num_selected")
+SELECT_FIELDS = ("reward_mean", "reward_std", "reward_min", "reward_max", "reward_success_rate",
+                 "reward_success_ci95_low", "reward_success_ci95_high", "num_positive", "num_negative", "num_selected")
 STEP_FIELDS = ("loss", "approx_kl", "clipfrac", "grad_norm")
-EVAL_FIELDS = ("reward_mean", "reward_std", "diversity_mean")
+EVAL_FIELDS = ("reward_mean", "reward_ci95", "diversity_mean")
+SUCCESS_FIELDS = ("success_rate", "ci95_low", "ci95_high")
 
 
 def _number(value) -> float:
@@ -85,8 +86,18 @@ def _evaluations(run_dir: str, warnings: list[str]) -> tuple[dict, dict | None]:
     evaluations = {"eval_stage": np.array([s for s, _ in rows], dtype=np.int64)}
     for field in EVAL_FIELDS:
         evaluations[f"eval_{field}"] = np.array([_eval_field(r, field) for _, r in rows], dtype=np.float64)
+    # Success rates of a 0/1 reward, per prompt group: {group: {field: [E]}}, for the groups every evaluation has.
+    groups = [g for g in (rows[0][1].get("success") or {}) if all(g in (r.get("success") or {}) for _, r in rows)] \
+        if rows else []
+    evaluations["eval_success"] = {
+        group: {field: np.array([_number(r["success"][group].get(field)) for _, r in rows]) for field in SUCCESS_FIELDS}
+        for group in groups}
+    evaluations["eval_success_images"] = {group: _number(rows[-1][1]["success"][group].get("num_images"))
+                                          for group in groups}
     if base is not None:
-        base = {field: _eval_field(base, field) for field in EVAL_FIELDS}
+        base = {**{field: _eval_field(base, field) for field in EVAL_FIELDS},
+                "success": {group: {field: _number(rate.get(field)) for field in SUCCESS_FIELDS}
+                            for group, rate in (base.get("success") or {}).items()}}
     return evaluations, base
 
 
@@ -99,9 +110,13 @@ def collect(run_dir: str) -> dict:
       clipfrac, grad_norm, step_skipped     over the whole run [M]
     stage_first_step                      per stage: `step` of its first optimiser step (or of the
                                             next stage's, if it had none) [S]
+    images_sampled                        per stage: images sampled by its end [S]
     eval_stage, eval_reward_mean,         per stage with stage{k}/evaluation.json (LoRA results) [E]
-      eval_reward_std, eval_diversity_mean
-    base                                  the base model's reward_mean, reward_std, diversity_mean, or None
+      eval_reward_ci95, eval_diversity_mean
+    eval_success                          {prompt group: {success_rate, ci95_low, ci95_high: [E]}} (0/1 rewards)
+    eval_success_images                   {prompt group: images in the last evaluation}
+    base                                  the base model's reward_mean, reward_ci95, diversity_mean and
+                                            success ({group: {success_rate, ci95_low, ci95_high}}), or None
     run, num_steps, reward                run folder name, T and reward name from run_config.json (or None)
     warnings                              files that could not be read
     Non-finite and missing values are NaN.
@@ -110,12 +125,15 @@ def collect(run_dir: str) -> dict:
     split_step: dict[int, float] = {}
     train_skipped: dict[int, bool] = {}
     select: dict[int, dict] = {}
+    sampled: dict[int, float] = {}
     steps: list[dict] = []
     for record in read_run_metrics(run_dir):
         stage = int(record["stage"])
         split_step[stage] = _number(record.get("split_step"))
         event = record.get("event")
-        if event == "select":
+        if event == "sample":
+            sampled[stage] = _number(record.get("num_samples"))
+        elif event == "select":
             select[stage] = record
         elif event == "optimizer_step":
             steps.append(record)
@@ -128,6 +146,8 @@ def collect(run_dir: str) -> dict:
         "split_step": np.array([split_step[s] for s in stages], dtype=np.float64),
         "train_skipped": np.array([train_skipped.get(s, False) for s in stages], dtype=bool),
         "select_stage": np.array(sorted(select), dtype=np.int64),
+        # images sampled by the end of each stage (NaN from the first stage without a sample event)
+        "images_sampled": np.cumsum([sampled.get(s, math.nan) for s in stages]).astype(np.float64),
     }
     for field in SELECT_FIELDS:
         data[field] = np.array([_number(select[s].get(field)) for s in sorted(select)], dtype=np.float64)
@@ -187,17 +207,51 @@ def _band(ax, x, low, high, **style) -> None:
     ax.fill_between(x, low, high, **style)
 
 
-def _stage_axis(ax) -> None:
+def _stage_axis(ax, data: dict) -> None:
+    """Stages along the bottom; images sampled by the end of each stage along the top, where known."""
     from matplotlib.ticker import MaxNLocator
 
     ax.set_xlabel("stage")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.grid(alpha=0.3)
+    stages, images = data["stages"], data["images_sampled"]
+    known = np.isfinite(images)
+    if known.sum() >= 2 and np.all(np.diff(images[known]) > 0):
+        x, y = stages[known].astype(np.float64), images[known]
+        top = ax.secondary_xaxis("top", functions=(_piecewise_linear(x, y), _piecewise_linear(y, x)))
+        top.set_xlabel("images sampled", fontsize=8, color="0.35")
+        top.tick_params(labelsize=8, labelcolor="0.35")
+    elif known.sum() == 1:
+        ax.set_xlabel(f"stage ({int(images[known][0]):,} images sampled by stage {stages[known][0]})")
+
+
+def _piecewise_linear(x: np.ndarray, y: np.ndarray):
+    """The function through the points (x, y), x increasing, continued straight past both ends."""
+    def f(v):
+        v = np.asarray(v, dtype=np.float64)
+        below = y[0] + (v - x[0]) * (y[1] - y[0]) / (x[1] - x[0])
+        above = y[-1] + (v - x[-1]) * (y[-1] - y[-2]) / (x[-1] - x[-2])
+        return np.where(v < x[0], below, np.where(v > x[-1], above, np.interp(v, x, y)))
+    return f
+
+
+def _binary(data: dict) -> bool:
+    """True when every stage's training reward was 0/1 (the select events carry success rates)."""
+    return len(data["select_stage"]) > 0 and bool(np.isfinite(data["reward_success_rate"]).all())
 
 
 def _reward_panel(ax, data: dict) -> None:
-    ax.set_title("training reward per stage (all branches)")
     x = data["select_stage"]
+    if _binary(data):
+        ax.set_title("training success rate per stage (all branches)")
+        _band(ax, x, data["reward_success_ci95_low"], data["reward_success_ci95_high"], color="C0", alpha=0.25,
+              label="95% interval (Wilson)")
+        ax.plot(x, data["reward_success_rate"], "o-", color="C0", label="success rate")
+        ax.set_ylim(0, 1)
+        ax.set_ylabel(f"success rate (share of images with {data['reward'] or 'reward'} = 1)")
+        _stage_axis(ax, data)
+        return ax.legend(fontsize=8, loc="best")
+    ax.set_title("training reward per stage (all branches)")
     if len(x) == 0:
         return _say(ax, "no select events yet")
     mean, std = data["reward_mean"], data["reward_std"]
@@ -205,7 +259,7 @@ def _reward_panel(ax, data: dict) -> None:
     _band(ax, x, mean - std, mean + std, color="C0", alpha=0.3, label="mean ± std")
     ax.plot(x, mean, "o-", color="C0", label="mean")
     ax.set_ylabel(f"reward ({data['reward']})" if data["reward"] else "reward")
-    _stage_axis(ax)
+    _stage_axis(ax, data)
     ax.legend(fontsize=8, loc="best")
 
 
@@ -226,7 +280,7 @@ def _selection_panel(ax, data: dict) -> None:
     ax.set_ylabel("samples")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylim(0, 1.5 * max(1.0, np.nanmax(data["num_selected"], initial=0)))  # room for the legend
-    _stage_axis(ax)
+    _stage_axis(ax, data)
     ax.legend(fontsize=8, loc="upper left")
 
 
@@ -242,7 +296,7 @@ def _split_step_panel(ax, data: dict) -> None:
     ax.set_ylim(0, (data["num_steps"] or np.nanmax(data["split_step"], initial=0)) + 1)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("split step s (last s of T steps trained)")
-    _stage_axis(ax)
+    _stage_axis(ax, data)
     ax.legend(fontsize=8, loc="lower right")
 
 
@@ -340,27 +394,54 @@ def _kl_panel(ax, data: dict) -> None:
     ax.legend(handles=kl_line + clip_line, fontsize=8, loc="upper center", ncol=2)
 
 
+def _headline_groups(success: dict, images: dict, most: int = 2) -> list:
+    """The prompt groups the panel draws: the `most` largest besides "all" ("all" if it is alone)."""
+    groups = [group for group in success if group != "all"] or list(success)
+    groups = sorted(groups, key=lambda group: -images.get(group, 0))[:most]
+    return [(group, success[group]) for group in groups]
+
+
 def _evaluation_panel(ax, data: dict) -> None:
     ax.set_title("held-out evaluation")
     x, base = data["eval_stage"], data["base"]
     if len(x) == 0:
         return _say(ax, "no evaluations yet")
-    handles = [ax.errorbar(x, data["eval_reward_mean"], yerr=data["eval_reward_std"], fmt="o-", color="C0",
-                           capsize=3, label="LoRA reward mean ± std")]
+    success = data["eval_success"]
+    if success:  # a 0/1 reward: success rate of each prompt group with its interval
+        handles = []
+        for i, (group, rate) in enumerate(_headline_groups(success, data["eval_success_images"])):
+            color = f"C{[0, 1, 4, 5, 6][i % 5]}"
+            yerr = [rate["success_rate"] - rate["ci95_low"], rate["ci95_high"] - rate["success_rate"]]
+            handles.append(ax.errorbar(x, rate["success_rate"], yerr=yerr, fmt="o-", color=color, capsize=3,
+                                       label=f"LoRA: {group} (n = {data['eval_success_images'][group]:.0f})"))
+            if base is not None and group in base["success"]:
+                line = base["success"][group]
+                handles.append(ax.axhline(line["success_rate"], color=color, ls="--", alpha=0.7,
+                                          label=f"base: {group}"))
+                ax.axhspan(line["ci95_low"], line["ci95_high"], color=color, alpha=0.08)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("held-out success rate (95% interval)", color="C0")
+    else:
+        handles = [ax.errorbar(x, data["eval_reward_mean"], yerr=data["eval_reward_ci95"], fmt="o-", color="C0",
+                               capsize=3, label="LoRA reward mean (95% interval)")]
     right = ax.twinx()
     handles += right.plot(x, data["eval_diversity_mean"], "s-", color="C2", mfc="none", label="LoRA diversity")
     ax.set_zorder(right.get_zorder() + 1)  # the reward over the diversity where they meet
     ax.patch.set_visible(False)
     if base is not None:
-        handles.append(ax.axhline(base["reward_mean"], color="C0", ls="--", alpha=0.7, label="base reward"))
+        if not success:
+            handles.append(ax.axhline(base["reward_mean"], color="C0", ls="--", alpha=0.7, label="base reward"))
         handles.append(right.axhline(base["diversity_mean"], color="C2", ls=":", lw=2, alpha=0.7,
                                      label="base diversity"))
-    ax.set_ylabel(f"reward ({data['reward']})" if data["reward"] else "reward", color="C0")
-    right.set_ylabel("diversity", color="C2")
-    _stage_axis(ax)
+    if not success:
+        ax.set_ylabel(f"held-out reward ({data['reward']})" if data["reward"] else "held-out reward", color="C0")
+    right.set_ylabel("diversity (mean pairwise distance)", color="C2")
+    _stage_axis(ax, data)
     ax.set_xlim(x.min() - 0.5 - 0.05 * np.ptp(x), x.max() + 0.5 + 0.05 * np.ptp(x))
     _headroom(ax, right)
-    ax.legend(handles=handles, fontsize=8, loc="upper center", ncol=2)
+    if success:
+        ax.set_yticks(np.linspace(0, 1, 6))  # a rate: no ticks in the legend's headroom above 1
+    ax.legend(handles=handles, fontsize=7 if success else 8, loc="upper center", ncol=2)
 
 
 def draw_report(data: dict, out_path: str) -> None:

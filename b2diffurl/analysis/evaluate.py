@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 from absl import flags
 
@@ -98,7 +99,25 @@ def evaluate(config, lora: str | None = None, stage: int | None = None, prompt_f
     report = {**header(lora or None, stage), "results": results}
     atomic_write_json(report, out)
     log.info("report written to %s", out)
+    if stage is not None:
+        from b2diffurl.files import read_json
+        from b2diffurl.models.card import write_model_card
+        from b2diffurl.tracking import track
+
+        write_model_card(config, stage)  # the LoRA's card, now with its held-out result
+        base = read_json(base_out)["results"]["base"]
+        track(accelerator, config, stage, {**_scalars("eval", results["lora"]), **_scalars("eval_base", base)})
     return report
+
+
+def _scalars(prefix: str, result: dict) -> dict:
+    """An evaluation result as tracker scalars: reward, its interval, diversity, success rates."""
+    scalars = {f"{prefix}/{key}": result[key] for key in ("reward_mean", "reward_ci95", "diversity_mean", "diversity_all")
+               if key in result}
+    for group, rate in result.get("success", {}).items():
+        name = re.sub(r"[^\w-]+", "_", group)  # "two objects, held-out" -> two_objects_held-out
+        scalars.update({f"{prefix}/success/{name}/{key}": rate[key] for key in ("success_rate", "ci95_low", "ci95_high")})
+    return scalars
 
 
 FLAGS = cli.flag_values()

@@ -1,6 +1,6 @@
 """What the three stage scripts share: their Accelerator, the start (the plan, a complete stage
-skipped, an interrupted one cleared), the policy they start from, the sample files' `meta`, the
-trackers, and the end (the completion marker)."""
+skipped, an interrupted one cleared), the policy they start from, the sample files' `meta`, and
+the end (the completion marker)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import logging
 import os
 import shutil
 
-import numpy as np
 import torch
 
 from b2diffurl.errors import UserError
@@ -19,17 +18,16 @@ from b2diffurl.stage.paths import StagePaths, run_dir
 from b2diffurl.stage.plan import StagePlan, plan_stage
 from b2diffurl.stage.resume import check_continuation
 from b2diffurl.stage.sample_file import FORMAT_VERSION
+from b2diffurl.tracking import trackers
 
 log = logging.getLogger(__name__)
 
 
 def make_accelerator(config):
     """The Accelerator of a script: device, mixed precision, TF32 where asked and available, and
-    a TensorBoard tracker in {run}/tensorboard when config.tensorboard and tensorboard is installed,
-    and config.process_timeout for every wait on the other processes.
+    the trackers of config.report_to (b2diffurl.tracking), and config.process_timeout for every wait on the other processes.
     Under `accelerate launch` with N processes, only the main process logs at INFO level."""
     import datetime
-    import importlib.util
 
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs
@@ -37,13 +35,12 @@ def make_accelerator(config):
     if config.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    tensorboard = config.tensorboard and importlib.util.find_spec("tensorboard") is not None
     # Launched on N processes without CUDA (accelerate launch --multi_gpu on a CPU box): gloo on CPU.
     cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     # A process that waits longer than process_timeout for the others (a rank that hangs) fails the launch.
     timeout = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=config.process_timeout))
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=cpu,
-                              log_with="tensorboard" if tensorboard else None,
+                              log_with=trackers(config) or None,
                               project_dir=os.path.join(run_dir(config), "tensorboard"), kwargs_handlers=[timeout])
     if accelerator.num_processes > 1:
         from b2diffurl.logs import setup_logging
@@ -99,17 +96,6 @@ def peak_gpu_memory() -> dict:
     if not torch.cuda.is_available():
         return {}
     return {"peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 3)}
-
-
-def track(accelerator, config, stage: int, scalars: dict, images: dict | None = None) -> None:
-    """Stage-level scalars and images to the accelerator's trackers (TensorBoard), at step = stage."""
-    if not accelerator.log_with:
-        return
-    accelerator.init_trackers(config.exp_name)
-    accelerator.log({k: float(v) for k, v in scalars.items()}, step=stage)
-    for tag, image in (images or {}).items():
-        accelerator.get_tracker("tensorboard", unwrap=True).add_image(tag, np.asarray(image), stage, dataformats="HWC")
-    accelerator.end_training()
 
 
 def mark_complete(stage_paths: StagePaths, state: dict) -> None:

@@ -19,7 +19,8 @@ CONTINUATION_KEYS = (
 )
 
 
-def _get(config, key: str):
+def setting(config, key: str):
+    """config's value at a dotted key ("train.learning_rate"); a tuple as a list."""
     value = config
     for part in key.split("."):
         value = value[part]
@@ -40,7 +41,7 @@ def check_continuation(config, record: bool = True) -> None:
     from b2diffurl.errors import UserError
 
     path = os.path.join(run_dir(config), RUN_CONFIG_FILE)
-    current = {key: _get(config, key) for key in CONTINUATION_KEYS}
+    current = {key: setting(config, key) for key in CONTINUATION_KEYS}
     if not os.path.exists(path):
         if record:
             atomic_write_json(current, path)

@@ -25,11 +25,12 @@ from b2diffurl.logs import append_metrics
 from b2diffurl.method.branch_sampling import decode_images, latent_shape, sample_branches, sub_seed
 from b2diffurl.models.pipeline import lora_merged
 from b2diffurl.models.prompts import choose_prompts, encode_prompts, load_prompts
-from b2diffurl.stage.context import begin, load_policy, make_accelerator, peak_gpu_memory, stage_meta, track
+from b2diffurl.stage.context import begin, load_policy, make_accelerator, peak_gpu_memory, stage_meta
 from b2diffurl.stage.paths import StagePaths, image_name
 from b2diffurl.stage.plan import StagePlan
 from b2diffurl.stage.retention import check_free_space
 from b2diffurl.stage.sample_file import make_record, save_samples
+from b2diffurl.tracking import track
 
 log = logging.getLogger(__name__)
 

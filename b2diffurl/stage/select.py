@@ -16,16 +16,18 @@ import numpy as np
 import torch
 
 from b2diffurl.analysis.grids import best_worst_grid, save_grid
+from b2diffurl.analysis.metrics import wilson_interval
 from b2diffurl.errors import SampleFileError
 from b2diffurl.files import atomic_write_json, read_json
 from b2diffurl.logs import append_metrics
 from b2diffurl.method.selection import SELECTIONS, contrast_census
 from b2diffurl.method.statistics import new_history, normalise, record_stage
 from b2diffurl.models.rewards import build_reward, score_images
-from b2diffurl.stage.context import begin, make_accelerator, stage_meta, track
+from b2diffurl.stage.context import begin, make_accelerator, stage_meta
 from b2diffurl.stage.paths import StagePaths
 from b2diffurl.stage.plan import StagePlan
 from b2diffurl.stage.sample_file import concatenate, load_samples, save_samples, subset
+from b2diffurl.tracking import track
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,11 @@ def select_stage(config) -> None:
     finite_scores = scores[finite] if finite.any() else np.full(1, np.nan)
     reward_stats = {"mean": finite_scores.mean(), "std": finite_scores.std(), "max": finite_scores.max(),
                     "min": finite_scores.min()}
+    if finite.any() and np.isin(finite_scores, (0.0, 1.0)).all():  # a 0/1 reward: its success rate and interval
+        successes = int(finite_scores.sum())
+        low, high = wilson_interval(successes, len(finite_scores))
+        reward_stats.update(successes=successes, success_rate=successes / len(finite_scores), success_ci95_low=low,
+                            success_ci95_high=high)
     counts = {"selected": len(chosen), "positive": positive, "negative": len(chosen) - positive,
               **contrast_census(record["group_id"].numpy(), scores, advantages, chosen)}
     append_metrics(stage_paths.metrics, stage=plan.stage, event="select", split_step=plan.split_step,

@@ -18,6 +18,7 @@ import torch
 
 from b2diffurl.logs import append_metrics
 from b2diffurl.method.update import TrainSettings, lora_parameters, train_on_samples
+from b2diffurl.models.card import write_model_card
 from b2diffurl.models.checkpoint import load_training_state, save_checkpoint
 from b2diffurl.models.prompts import encode_prompts
 from b2diffurl.stage.context import (
@@ -27,10 +28,10 @@ from b2diffurl.stage.context import (
     mark_complete,
     peak_gpu_memory,
     stage_meta,
-    track,
 )
 from b2diffurl.stage.retention import sweep
 from b2diffurl.stage.sample_file import load_samples
+from b2diffurl.tracking import track
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,9 @@ def build_optimizer(config, params: list[torch.nn.Parameter]) -> torch.optim.Opt
                            weight_decay=t.adam_weight_decay, eps=t.adam_epsilon)
 
 
-def train_stage(config) -> None:
-    """The LoRA policy-gradient update over the selected samples -> checkpoints/, then COMPLETE.
+def train_stage(config, command: str | None = None) -> None:
+    """The LoRA policy-gradient update over the selected samples -> checkpoints/ (with its model
+    card, which names `command` as the run's), then COMPLETE.
 
     Under `accelerate launch` with N processes the UNet is wrapped in DDP: every process holds
     all selected samples, runs its share of each optimiser step's batches, and gradients are
@@ -83,7 +85,7 @@ def train_stage(config) -> None:
         log.info("%s state restored from %s", " and ".join(restored), plan.resume_from)
     metrics_path = stage_paths.metrics
     num_samples = len(samples["prompts"])
-    state = {"stage": plan.stage, "split_step": plan.split_step, "num_samples": num_samples}
+    state = {"stage": plan.stage, "split_step": plan.split_step, "num_samples": num_samples, "command": command}
     if num_samples == 0:
         log.warning("stage %d: no sample passed the thresholds; training skipped, LoRA carried forward",
                     plan.stage)
@@ -91,6 +93,7 @@ def train_stage(config) -> None:
             state["skipped"] = True
             save_checkpoint(pipe.unet, stage_paths.checkpoint, optimizer, {**state, "config": config.to_dict()},
                             accelerator.scaler)
+            write_model_card(config, plan.stage)
             append_metrics(metrics_path, stage=plan.stage, event="train", split_step=plan.split_step, num_samples=0,
                            skipped=True, reason="no selected samples")
             mark_complete(stage_paths, state)
@@ -124,12 +127,14 @@ def train_stage(config) -> None:
     if untrained:
         _refuse_untrained_streak(config, plan.stage, totals["optimizer_steps"])
     save_checkpoint(unet, stage_paths.checkpoint, optimizer, {**state, "config": config.to_dict()}, accelerator.scaler)
+    write_model_card(config, plan.stage)
     append_metrics(metrics_path, stage=plan.stage, event="train", split_step=plan.split_step,
                    num_samples=num_samples, num_processes=accelerator.num_processes, skipped=False, untrained=untrained,
                    training_seconds=round(time.time() - training_started, 2), **totals, **peak_gpu_memory())
     track(accelerator, config, plan.stage, {
         **{f"train/{k}": np.nanmean([step[k] for step in steps]) for k in ("loss", "approx_kl", "clipfrac", "grad_norm")},
-        "train/optimizer_steps": totals["optimizer_steps"], "train/skipped_steps": totals["skipped_steps"]})
+        "train/optimizer_steps": totals["optimizer_steps"], "train/skipped_steps": totals["skipped_steps"],
+        **({"train/loss_scale": steps[-1]["loss_scale"]} if steps and "loss_scale" in steps[-1] else {})})
     mark_complete(stage_paths, state)
     sweep(config, plan.stage)
     log.info("stage %d: %d optimiser steps (%d skipped) of %d samples used %d of %d sample passes (%d left over); "
