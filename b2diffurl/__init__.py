@@ -24,5 +24,6 @@ The package, by what a reader comes for:
     analysis/  evaluate, generate, compare, the run's curves and stage table, image grids
     world/     the shapes world: its renderer and exact reward, the pretraining of its model,
                the tiny random model (the method does not know it exists)
-    cli.py     the command-line layer; errors.py, files.py, logs.py: leaves everyone uses
+    cli.py     the command-line layer; errors.py, files.py, logs.py: leaves everyone uses;
+               tracking.py: TensorBoard and W&B through accelerate's trackers
 """

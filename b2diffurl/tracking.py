@@ -88,7 +88,7 @@ def track(accelerator, config, stage: int, scalars: dict, images: dict | None = 
     if "wandb" in trackers(config):
         wandb_state = _wandb_state(run)
         init_kwargs["wandb"] = {"id": wandb_state["wandb_run_id"], "resume": "allow", "dir": run,
-                                "name": config.exp_name}
+                                "name": config.exp_name, "settings": {"quiet": True}}  # no summary per script
     accelerator.init_trackers(config.exp_name, init_kwargs=init_kwargs)
     values = {name: float(value) for name, value in scalars.items()}
     values.update({"progress/stage": stage, "progress/images_sampled": images_sampled(run, stage)})

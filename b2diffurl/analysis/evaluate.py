@@ -101,7 +101,7 @@ def evaluate(config, lora: str | None = None, stage: int | None = None, prompt_f
     log.info("report written to %s", out)
     if stage is not None:
         from b2diffurl.files import read_json
-        from b2diffurl.models.card import write_model_card
+        from b2diffurl.stage.card import write_model_card
         from b2diffurl.tracking import track
 
         write_model_card(config, stage)  # the LoRA's card, now with its held-out result

@@ -5,5 +5,6 @@ train.py (run_train.py); each module's docstring names the files it reads and wr
     paths.py        the one place that names a run's and a stage's files
     sample_file.py  the sample files' format (versioned, validated)
     resume.py       where a rerun continues, and the settings it must keep
-    context.py      what the three scripts share: start, starting policy, trackers, end
+    context.py      what the three scripts share: start, starting policy, accelerator, end
+    card.py         the model card beside each stage's LoRA
 """

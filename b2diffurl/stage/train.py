@@ -18,9 +18,9 @@ import torch
 
 from b2diffurl.logs import append_metrics
 from b2diffurl.method.update import TrainSettings, lora_parameters, train_on_samples
-from b2diffurl.models.card import write_model_card
 from b2diffurl.models.checkpoint import load_training_state, save_checkpoint
 from b2diffurl.models.prompts import encode_prompts
+from b2diffurl.stage.card import write_model_card
 from b2diffurl.stage.context import (
     begin,
     load_policy,
