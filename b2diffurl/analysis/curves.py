@@ -436,6 +436,7 @@ def _evaluation_panel(ax, data: dict) -> None:
     if not success:
         ax.set_ylabel(f"held-out reward ({data['reward']})" if data["reward"] else "held-out reward", color="C0")
     right.set_ylabel("diversity (mean pairwise distance)", color="C2")
+    right.ticklabel_format(axis="y", useOffset=False)  # tiny changes as plain numbers, not "1e-5 + 0.107"
     _stage_axis(ax, data)
     ax.set_xlim(x.min() - 0.5 - 0.05 * np.ptp(x), x.max() + 0.5 + 0.05 * np.ptp(x))
     _headroom(ax, right)
