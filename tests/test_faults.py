@@ -345,7 +345,7 @@ def test_a_damaged_file_of_an_earlier_stage_is_one_line_naming_it(tiny_config, d
 @pytest.mark.parametrize("script, file", [
     ("run_sample.py", "sample.pkl"), ("run_sample.py", "images.pt"), ("run_select.py", "history.json"),
     ("run_select.py", "sample_stage.pkl"), ("run_train.py", "checkpoints"), ("run_train.py", "metrics.jsonl"),
-    ("run_train.py", "COMPLETE"),
+    ("run_train.py", "README.md"), ("run_train.py", "COMPLETE"),
 ])
 def test_a_full_disk_in_any_script_is_one_line_and_the_rerun_completes(tiny_config, script, file):
     tiny_config.stages.num_stages = 2
