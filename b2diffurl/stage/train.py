@@ -85,13 +85,14 @@ def train_stage(config, command: str | None = None) -> None:
         log.info("%s state restored from %s", " and ".join(restored), plan.resume_from)
     metrics_path = stage_paths.metrics
     num_samples = len(samples["prompts"])
-    state = {"stage": plan.stage, "split_step": plan.split_step, "num_samples": num_samples, "command": command}
+    state = {"stage": plan.stage, "split_step": plan.split_step, "num_samples": num_samples}
+    saved = {"command": command, "config": config.to_dict()}  # beside the LoRA: what its model card names
     if num_samples == 0:
         log.warning("stage %d: no sample passed the thresholds; training skipped, LoRA carried forward",
                     plan.stage)
         if main:
             state["skipped"] = True
-            save_checkpoint(pipe.unet, stage_paths.checkpoint, optimizer, {**state, "config": config.to_dict()},
+            save_checkpoint(pipe.unet, stage_paths.checkpoint, optimizer, {**state, **saved},
                             accelerator.scaler)
             write_model_card(config, plan.stage)
             append_metrics(metrics_path, stage=plan.stage, event="train", split_step=plan.split_step, num_samples=0,
@@ -126,7 +127,7 @@ def train_stage(config, command: str | None = None) -> None:
     state.update(totals, skipped=False, untrained=untrained)
     if untrained:
         _refuse_untrained_streak(config, plan.stage, totals["optimizer_steps"])
-    save_checkpoint(unet, stage_paths.checkpoint, optimizer, {**state, "config": config.to_dict()}, accelerator.scaler)
+    save_checkpoint(unet, stage_paths.checkpoint, optimizer, {**state, **saved}, accelerator.scaler)
     write_model_card(config, plan.stage)
     append_metrics(metrics_path, stage=plan.stage, event="train", split_step=plan.split_step,
                    num_samples=num_samples, num_processes=accelerator.num_processes, skipped=False, untrained=untrained,
