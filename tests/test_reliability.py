@@ -242,7 +242,7 @@ def test_complete_stages_drop_their_sample_files_and_the_run_goes_on(tiny_config
     stage0 = StagePaths.of(tiny_config, 0)
     estimate = retention.stage_footprint(tiny_config)  # at the largest split step; stage 0 has the smallest
     select_stage(tiny_config)
-    measured = {name: retention._size(path) for name, path in (("sample_files", stage0.samples), ("images", stage0.images),
+    measured = {name: retention.size_on_disk(path) for name, path in (("sample_files", stage0.samples), ("images", stage0.images),
                                                                 ("selected", stage0.selected), ("pngs", stage0.image_dir))}
     assert measured["images"] == pytest.approx(estimate["images"], rel=0.05)  # + torch.save's own bytes
     assert 0.3 < measured["sample_files"] / estimate["sample_files"] <= 1.0

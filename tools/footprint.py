@@ -19,12 +19,6 @@ REFERENCE_SAMPLES = 1280  # B = 8 prompts x 32 batches x K = 5
 REFERENCE_STAGES = 100
 
 
-def size(path: str) -> int:
-    if os.path.isfile(path):
-        return os.path.getsize(path)
-    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
-
-
 def main(work: str) -> None:
     sys.path.insert(0, REPO)  # run as a file: the package, for this process and the scripts it starts
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
@@ -36,7 +30,7 @@ def main(work: str) -> None:
     from b2diffurl.models.checkpoint import save_checkpoint
     from b2diffurl.models.pipeline import load_pipeline
     from b2diffurl.stage.paths import StagePaths
-    from b2diffurl.stage.retention import stage_footprint
+    from b2diffurl.stage.retention import size_on_disk, stage_footprint
     from b2diffurl.stage.sample_file import load_samples
     from b2diffurl.stage.train import build_optimizer
 
@@ -67,8 +61,9 @@ def main(work: str) -> None:
     checkpoint = os.path.join(work, "checkpoint")
     save_checkpoint(pipe.unet, checkpoint, optimizer, {"stage": 0})
 
-    measured = {"sample.pkl": size(paths.samples) / n, "images.pt": size(paths.images) / n,
-                "images/ (PNG)": size(paths.image_dir) / n, "sample_stage.pkl": size(paths.selected) / n_selected}
+    measured = {"sample.pkl": size_on_disk(paths.samples) / n, "images.pt": size_on_disk(paths.images) / n,
+                "images/ (PNG)": size_on_disk(paths.image_dir) / n,
+                "sample_stage.pkl": size_on_disk(paths.selected) / n_selected}
     reference = config.copy_and_resolve_references()
     reference.sample.batch_size, reference.sample.num_batches_per_stage = 8, 32
     estimate = stage_footprint(reference)
@@ -85,9 +80,9 @@ def main(work: str) -> None:
     estimated = estimate["sample_files"] + estimate["images"] + estimate["pngs"] + estimate["selected"]
     lora = sum(p.numel() for p in params)
     print(f"| sample files of a stage | | {human_size(bulk)} (the plan estimates {human_size(estimated)}) |")
-    print(f"checkpoint: {human_size(size(checkpoint))} ({lora:,} LoRA parameters, AdamW state included)")
+    print(f"checkpoint: {human_size(size_on_disk(checkpoint))} ({lora:,} LoRA parameters, AdamW state included)")
     for keep, stages in (("all", REFERENCE_STAGES), ("last", 2), ("none", 1)):
-        total = bulk * stages + size(checkpoint) * REFERENCE_STAGES
+        total = bulk * stages + size_on_disk(checkpoint) * REFERENCE_STAGES
         print(f"keep_sample_files = {keep!r}: at most {human_size(total)} for a {REFERENCE_STAGES}-stage run")
 
 

@@ -10,6 +10,7 @@ rewrites it with its result.
 from __future__ import annotations
 
 import json
+import os
 
 CARD_FILE = "README.md"
 TAGS = ("text-to-image", "diffusers", "lora", "stable-diffusion", "reinforcement-learning", "b2diffurl")
@@ -22,8 +23,6 @@ def write_model_card(config, stage: int) -> str:
     """Write the card of stage `stage`'s LoRA into its checkpoint folder, with the run's command
     (kept in training_state.json) and the stage's held-out evaluation if it has one; returns the
     card's path."""
-    import os
-
     from b2diffurl.files import atomic_write, read_json
     from b2diffurl.models.checkpoint import STATE_FILE
     from b2diffurl.stage.paths import BASE_EVALUATION_FILE, StagePaths, run_dir

@@ -46,7 +46,8 @@ def sample_files(stage_root: str) -> list[str]:
     return found
 
 
-def _size(path: str) -> int:
+def size_on_disk(path: str) -> int:
+    """Bytes of a file, or of every file below a folder."""
     if os.path.isfile(path):
         return os.path.getsize(path)
     return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
@@ -64,7 +65,7 @@ def sweep(config, through_stage: int) -> int:
     freed = 0
     for _, folder in complete:
         for path in sample_files(folder):
-            freed += _size(path)
+            freed += size_on_disk(path)
             shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
     if freed:
         log.info("removed %s of sample files of complete stages (keep_sample_files = %r)", human_size(freed),
@@ -111,7 +112,7 @@ def stage_footprint(config) -> dict | None:
     return {"sample_files": n * per_sample, "images": n * pixels,
             "pngs": n * pixels if config.sample.save_png else 0,  # PNG of a generated image: about its raw size
             "selected": int(selected * n * (per_sample + 8)),
-            "checkpoint": _size(checkpoints[-1]) if checkpoints else None}
+            "checkpoint": size_on_disk(checkpoints[-1]) if checkpoints else None}
 
 
 def describe_footprint(config) -> str:
