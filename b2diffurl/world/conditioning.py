@@ -78,11 +78,12 @@ def separation(tokenizer, text_encoder) -> dict[str, dict]:
 
 
 def load_text_encoder(model: str):
-    """The tokenizer and (fp32, CPU) text encoder of a diffusers pipeline folder."""
-    from transformers import CLIPTextModel, CLIPTokenizer
+    """The tokenizer and (fp32, CPU) text encoder of a diffusers pipeline folder, of whichever
+    class the folder holds (CLIP's causal encoder, or the shapes model's bidirectional one)."""
+    from transformers import AutoModel, CLIPTokenizer
 
     tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
-    return tokenizer, CLIPTextModel.from_pretrained(model, subfolder="text_encoder", torch_dtype=torch.float32).eval()
+    return tokenizer, AutoModel.from_pretrained(model, subfolder="text_encoder", torch_dtype=torch.float32).eval()
 
 
 def format_separation(result: dict[str, dict]) -> str:

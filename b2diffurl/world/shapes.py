@@ -116,7 +116,7 @@ def _mask(shape: str, cx: float, cy: float, r: float, window: tuple[int, int, in
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def _centres(caption: Caption, rng: np.random.Generator) -> list[tuple[float, float, float]]:
+def placements(caption: Caption, rng: np.random.Generator) -> list[tuple[float, float, float]]:
     """(cx, cy, r) of each object: anywhere for one object; for two, on either side of the
     image's middle along the relation's axis, so that the relation holds and nothing overlaps."""
     if caption.relation is None:
@@ -138,7 +138,7 @@ def render(caption: Caption | str, rng: np.random.Generator) -> np.ndarray:
     caption = parse_caption(caption) if isinstance(caption, str) else caption
     image = np.empty((SIZE, SIZE, 3), np.uint8)
     image[:] = BACKGROUND
-    for (colour, shape), (cx, cy, r) in zip(caption.objects, _centres(caption, rng)):
+    for (colour, shape), (cx, cy, r) in zip(caption.objects, placements(caption, rng)):
         image[_mask(shape, cx, cy, r)] = COLOURS[colour]
     return image
 
