@@ -39,3 +39,24 @@ def test_separation_on_a_text_encoder(tiny_model_dir):
     flat = separation(tokenizer, Constant())
     assert all(row["p90"] == 0.0 for row in flat.values())
     assert "direction" in format_separation(result)
+
+
+def test_swapped_counts_the_pairs_whose_objects_changed_places():
+    import numpy as np
+
+    from b2diffurl.world.conditioning import swapped
+
+    rng = np.random.default_rng(0)
+    prompts = ["a red circle above a blue square", "a green triangle to the left of a red square",
+               "a yellow circle below a blue triangle"]
+    flipped = [edit(shapes.parse_caption(p), "direction").text() for p in prompts]
+    drawn = np.stack([shapes.render(p, rng) for p in prompts])
+    # each edit drawn as its own words say: the objects changed places in every pair
+    moved = swapped(drawn, np.stack([shapes.render(p, rng) for p in flipped]), prompts)
+    assert moved == {"pairs": 3, "moved": 3, "share": 1.0, "order_right": 3, "order_of": 3}
+    # the edits drawn as the original captions (the noise, not the words, decided): none moved
+    kept = swapped(drawn, np.stack([shapes.render(p, rng) for p in prompts]), prompts)
+    assert kept["pairs"] == 3 and kept["moved"] == 0
+    # a pair with a wrong object does not count
+    wrong = np.stack([shapes.render("a red circle", rng)] + [shapes.render(p, rng) for p in prompts[1:]])
+    assert swapped(wrong, np.stack([shapes.render(p, rng) for p in flipped]), prompts)["pairs"] == 2

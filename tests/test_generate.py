@@ -16,6 +16,7 @@ from b2diffurl.analysis.generate import generate_images
 from b2diffurl.analysis.metrics import (
     mean_pairwise_distance,
     paired_change,
+    paired_order,
     pixel_embeddings,
     summarise,
     wilson_interval,
@@ -132,6 +133,17 @@ def test_paired_change_counts_gains_and_losses_with_mcnemar():
     assert paired_change(np.ones(3), np.ones(3)) == {"gained": 0, "lost": 0, "mcnemar_chi2": 0.0, "significant": False}
 
 
+def test_paired_order_counts_the_images_placed_both_times():
+    s, r, w, c = "success", "reversed order", "wrong object", "wrong count"
+    before = [r, r, r, s, s, r, w, None, s]
+    after = [s, s, r, r, s, w, s, None, c]
+    # placed both times: the first five; gained the first two, lost the fourth
+    order = paired_order(before, after)
+    assert (order["images"], order["gained"], order["lost"]) == (5, 2, 1)
+    assert order["mcnemar_chi2"] == pytest.approx(1 / 3) and not order["significant"]
+    assert paired_order([r] * 10, [s] * 10)["significant"]
+
+
 def test_success_rates_per_group_with_wilson_intervals():
     assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)  # the textbook example
     assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
@@ -222,3 +234,22 @@ def test_frozen_models_load_in_the_configured_dtype(tiny_config, mixed_precision
         frozen = [p.dtype for name, p in module.named_parameters() if "lora_" not in name]
         assert set(frozen) == {expected}, type(module).__name__
     assert {p.dtype for p in lora_parameters(pipe.unet)} == {torch.float32}  # the LoRA trains in fp32
+
+
+def test_the_summary_pairs_each_evaluation_s_order_with_the_base(tmp_path):
+    from b2diffurl.analysis.stage_table import success_lines
+
+    prompts = ["a red circle above a blue square"] * 4 + ["a red circle"]
+    s, r, w = "success", "reversed order", "wrong object"
+
+    def result(modes, right, of):
+        return {"prompts": prompts, "modes": modes, "outcomes": {"two objects": {
+            "order_right": right, "order_of": of, "order_accuracy": right / of}}}
+
+    (tmp_path / "evaluation_base.json").write_text(json.dumps({"results": {"base": result([r, r, s, w, None], 1, 3)}}))
+    (tmp_path / "stage1").mkdir()
+    (tmp_path / "stage1" / "evaluation.json").write_text(json.dumps({"results": {"lora": result([s, s, s, r, None], 3, 4)}}))
+    lines = success_lines(str(tmp_path))
+    assert lines[0] == "order        base: two objects 0.333 (1 of 3 with the stated objects on the stated axis)"
+    assert lines[1].startswith("order     stage 1: two objects 0.750 (3 of 4 ")
+    assert lines[1].endswith("; vs base 2 gained / 0 lost of 3 (McNemar chi2 2.0)")

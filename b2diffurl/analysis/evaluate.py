@@ -61,6 +61,7 @@ def evaluate(config, lora: str | None = None, stage: int | None = None, prompt_f
     embed, embedding_name = build_embedder(config, accelerator.device)
     group_of = getattr(reward, "prompt_groups", None)  # success rates per prompt group, where the reward has them
     outcomes = getattr(reward, "outcomes", None)  # what went wrong, per group, where the reward can say
+    modes = getattr(reward, "modes", None)  # ... and with each image, for paired comparisons
 
     def evaluate_model(name: str) -> dict:
         images, expanded = generate_with_config(pipe, accelerator, config, prompts, num_images, seed=config.seed)
@@ -80,6 +81,8 @@ def evaluate(config, lora: str | None = None, stage: int | None = None, prompt_f
                 log.info("%s: %s: %s; order right %d of %d", name, group,
                          ", ".join(f"{mode} {share:.3f}" for mode, share in row["modes"].items()),
                          row["order_right"], row["order_of"])
+        if modes is not None:
+            result["modes"] = modes(images, expanded)
         return result
 
     def header(lora_path: str | None, stage_index: int | None) -> dict:

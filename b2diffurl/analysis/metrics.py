@@ -122,6 +122,19 @@ def paired_change(before: np.ndarray, after: np.ndarray) -> dict:
     return {"gained": gained, "lost": lost, "mcnemar_chi2": chi2, "significant": chi2 > 3.84}
 
 
+def paired_order(before: list[str | None], after: list[str | None]) -> dict:
+    """The order of the same images, on the same noise, before and after training, from their
+    failure modes (world.failures.image_modes): over the images that show the stated objects on
+    the stated axis both times (`images`), `gained` in the reversed order before and the stated
+    one after, `lost` the reverse, and McNemar's statistic as paired_change gives it."""
+    placed = ("success", "reversed order")
+    both = [(b, a) for b, a in zip(before, after) if b in placed and a in placed]
+    gained = sum(b == "reversed order" and a == "success" for b, a in both)
+    lost = sum(b == "success" and a == "reversed order" for b, a in both)
+    chi2 = mcnemar_chi2(gained, lost)
+    return {"images": len(both), "gained": gained, "lost": lost, "mcnemar_chi2": chi2, "significant": chi2 > 3.84}
+
+
 def mcnemar_chi2(gained: int, lost: int) -> float:
     """McNemar's statistic of paired outcomes, without continuity correction (0 with no change)."""
     return float((gained - lost) ** 2 / (gained + lost)) if gained + lost else 0.0

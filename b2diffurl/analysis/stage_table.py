@@ -47,8 +47,11 @@ def format_table(rows: list[dict]) -> str:
 def success_lines(run: str) -> list[str]:
     """One line per held-out evaluation that has success rates (the shapes rewards): the base
     model's, then each evaluated stage's, for the headline group (held-out two-object captions)
-    and over all images."""
+    and over all images; and, where the evaluation reports outcomes, one with the order accuracy
+    of all two-object images, paired against the base image by image where both kept their
+    images' modes."""
     from b2diffurl.analysis.curves import read_evaluations
+    from b2diffurl.analysis.metrics import paired_order
     from b2diffurl.world.shapes import HELD_OUT_TWO_OBJECTS
 
     rows, base = read_evaluations(run, [])
@@ -60,6 +63,15 @@ def success_lines(run: str) -> list[str]:
                  for group in (HELD_OUT_TWO_OBJECTS, "all") if group in success]
         if cells:
             lines.append(f"success {name:>9}: " + "; ".join(cells))
+        order = result.get("outcomes", {}).get("two objects")
+        if order and order["order_of"]:
+            line = (f"order   {name:>9}: two objects {order['order_accuracy']:.3f} ({order['order_right']} of "
+                    f"{order['order_of']} with the stated objects on the stated axis)")
+            if base and result is not base and "modes" in result and result.get("prompts") == base.get("prompts"):
+                paired = paired_order(base.get("modes", []), result["modes"])
+                line += (f"; vs base {paired['gained']} gained / {paired['lost']} lost of {paired['images']} "
+                         f"(McNemar chi2 {paired['mcnemar_chi2']:.1f})")
+            lines.append(line)
     return lines
 
 

@@ -7,7 +7,8 @@ are loaded once per process. `score_images` calls a reward in batches, the last 
 given as "package.module:function", which is the reward itself. A reward may carry a
 `prompt_groups(prompt) -> tuple[str, ...]` attribute: evaluation then reports a success rate
 (score 1) per group of prompts; and an `outcomes(images, prompts) -> dict` attribute: evaluation
-then reports what went wrong, per group (the shapes rewards: b2diffurl.world.failures.outcomes).
+then reports what went wrong, per group (the shapes rewards: b2diffurl.world.failures.outcomes), and
+a `modes(images, prompts) -> list` attribute gives what went wrong with each image.
 
 Torch-free at import (the scripts check the config before torch loads); the factories import
 torch and transformers.
@@ -237,6 +238,7 @@ def _grouped(reward: Reward, prompt_groups: Callable[[str], tuple[str, ...]]) ->
 
     reward.prompt_groups = prompt_groups
     reward.outcomes = failures.outcomes
+    reward.modes = failures.image_modes
     return reward
 
 

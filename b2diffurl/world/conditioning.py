@@ -16,6 +16,11 @@ position) is summarised over the captions:
 - shape: the first object as another shape;
 - paraphrase: the objects swapped with the opposite relation ("a blue square below a red
   circle" for "a red circle above a blue square"); the same scene in other words.
+
+Then whether the UNet acts on the direction (`relation_response`): train captions and their
+direction edits drawn from the same noise; where both images show the stated objects on the
+stated axis, the share of pairs whose objects changed places. Near 0, the noise and not the words
+decides which object lands where, and a reward on the order has nothing in the model to move.
 """
 
 from __future__ import annotations
@@ -86,6 +91,52 @@ def load_text_encoder(model: str):
     return tokenizer, AutoModel.from_pretrained(model, subfolder="text_encoder", torch_dtype=torch.float32).eval()
 
 
+def relation_response(model: str, captions: list[str], images_per_caption: int = 2, seed: int = 0,
+                      num_steps: int = 10, guidance_scale: float = 5.0) -> dict:
+    """Draw each two-object caption and its direction edit from the same noise (DDIM, eta = 1);
+    returns the pairs whose two images both show the stated objects on the stated axis (`pairs`),
+    those whose objects changed places between the two (`moved`, and `share`), and the order
+    accuracy of the captions' own images (`order_right` of `order_of`)."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    from b2diffurl.analysis.generate import generate_images
+    from b2diffurl.world.failures import two_object_modes
+
+    pipe = StableDiffusionPipeline.from_pretrained(model, dtype=torch.float32, safety_checker=None,
+                                                   requires_safety_checker=False)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    flipped = [edit(shapes.parse_caption(c), "direction").text() for c in captions]
+    drawn = []
+    for texts in (captions, flipped):  # the same seed: image i of both lists draws the same noise
+        with torch.no_grad():
+            images, prompts = generate_images(pipe, texts, images_per_caption, num_steps=num_steps, eta=1.0,
+                                              guidance_scale=guidance_scale, seed=seed, batch_size=64)
+        drawn.append(images.numpy())
+    return swapped(drawn[0], drawn[1], prompts_of(captions, images_per_caption))
+
+
+def prompts_of(captions: list[str], images_per_caption: int) -> list[str]:
+    return [c for c in captions for _ in range(images_per_caption)]
+
+
+def swapped(images: np.ndarray, flipped_images: np.ndarray, prompts: list[str]) -> dict:
+    """`images` [N, H, W, 3] of two-object `prompts` and `flipped_images` of their direction
+    edits: the pairs where both show the stated objects on the stated axis (`pairs`), those whose
+    objects changed places (`moved`, `share`), and the order accuracy of `images` (`order_right`
+    of `order_of`)."""
+    from b2diffurl.world.failures import two_object_modes
+
+    flipped = [edit(shapes.parse_caption(p), "direction").text() for p in prompts]
+    own, other = (list(two_object_modes(x, texts).values()) for x, texts in ((images, prompts),
+                                                                             (flipped_images, flipped)))
+    placed = ("success", "reversed order")  # the stated objects, on the stated axis
+    pairs = [(a, b) for a, b in zip(own, other) if a in placed and b in placed]
+    # the two captions state opposite orders: the same verdict on both means the objects moved
+    moved = sum((a == "success") == (b == "success") for a, b in pairs)
+    return {"pairs": len(pairs), "moved": moved, "share": moved / len(pairs) if pairs else float("nan"),
+            "order_right": own.count("success"), "order_of": sum(m in placed for m in own)}
+
+
 def format_separation(result: dict[str, dict]) -> str:
     lines = ["edit         median distance  10%-90%          of the colour edit's"]
     for kind, r in result.items():
@@ -96,11 +147,29 @@ def format_separation(result: dict[str, dict]) -> str:
 FLAGS = cli.flag_values(with_config=False)
 MODEL = flags.DEFINE_string("model", "model/shapes-sd", "a diffusers pipeline folder with a text_encoder/",
                             flag_values=FLAGS)
+PAIRS = flags.DEFINE_integer("captions", 96, "train captions drawn with their direction edit (0: skip)",
+                             flag_values=FLAGS)
 
 
 def main(argv: list[str] | None = None) -> None:
+    import json
+    import os
+
+    from b2diffurl.logs import setup_logging
+
     cli.parse_command_flags(FLAGS, argv)
+    setup_logging()
     print(format_separation(separation(*load_text_encoder(MODEL.value))))
+    if PAIRS.value > 0:
+        from b2diffurl.world.pretrain import PROMPT_DIR
+
+        with open(os.path.join(PROMPT_DIR, "train.json")) as f:
+            pairs = [c for c in json.load(f) if shapes.parse_caption(c).relation is not None]
+        chosen = [pairs[i] for i in np.random.default_rng(0).permutation(len(pairs))[:PAIRS.value]]
+        r = relation_response(MODEL.value, chosen)
+        print(f"the UNet: of {r['pairs']} pairs (a caption and its direction edit, same noise, both with the "
+              f"stated objects on the stated axis) {r['moved']} swapped places ({r['share']:.2f}); "
+              f"order right {r['order_right']} of {r['order_of']}")
 
 
 if __name__ == "__main__":

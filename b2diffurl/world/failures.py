@@ -49,6 +49,13 @@ def two_object_modes(images: np.ndarray, prompts: list[str]) -> dict[int, str]:
             for i, checks, r in zip(pairs, shapes.check_all(images, captions), reverse)}
 
 
+def image_modes(images: np.ndarray, prompts: list[str]) -> list[str | None]:
+    """The failure mode of every image (None where its prompt states one object), in order: what
+    a paired comparison of two evaluations on the same noise reads (metrics.paired_order)."""
+    modes = two_object_modes(images, prompts)
+    return [modes.get(i) for i in range(len(prompts))]
+
+
 def _shares(values: list[str]) -> dict:
     return {mode: values.count(mode) / max(len(values), 1) for mode in MODES}
 

@@ -171,7 +171,7 @@ def train_text_encoder(text_encoder, tokenizer, captions: list[str], steps: int,
         return (torch.stack([token_ids[c] for c in chosen]), rows, columns, torch.tensor(colour),
                 torch.tensor(shape), torch.tensor(centre, dtype=torch.float32))
 
-    text_encoder.train()
+    text_encoder.train().requires_grad_(True)
     losses = []
     for step in range(steps):
         ids, rows, columns, colour, shape, centre = batch([captions[i] for i in rng.integers(len(captions),
