@@ -1,24 +1,37 @@
-"""Pretrain the shapes world's text-to-image model from scratch, on a CPU, in bounded time.
+"""Pretrain the shapes world's text-to-image model on a CPU, in bounded time.
 
-    python -m b2diffurl.world.pretrain --out model/shapes-sd    # the shipped model: 95 minutes, seed 0
+    python -m b2diffurl.world.pretrain --out /tmp/grounded --autoencoder model/shapes-sd --minutes 30
+
+This makes the grounded candidate of docs/shapes-world.md. It is not yet the shipped model:
+that one was made by this module at commit 34bf007, with a causal CLIP encoder trained together
+with the denoiser.
 
 A small Stable-Diffusion-architecture pipeline: an AutoencoderKL from 32×32 RGB to 8×8×4
-latents, a UNet2DConditionModel with cross-attention, a CLIP text encoder and the project's
-word-level CLIP tokenizer over the shapes captions, trained on images that b2diffurl.world.shapes
-renders. First the autoencoder (reconstruction with a small KL term) on renders of every
-caption of the world, until the world's ceiling (b2diffurl.world.ceiling) reaches
-CEILING_TARGET in every group; then a pool of renders of the train split's captions
-(config/prompt/shapes/train.json) is encoded once, and the UNet and text encoder learn from it
-together with the plain epsilon loss of SD's noise schedule, the caption dropped 10% of the time
-so that classifier-free guidance works, their weights averaged (EMA) for the saved model. A
-quarter of the captions drawn are single objects (the train split is mostly pairs). Saved as a
-diffusers folder (about 11 MB) that a plain `StableDiffusionPipeline.from_pretrained(out)` loads
-and runs with its defaults: UNet and VAE stored in fp16, which diffusers loads as fp32 unless
-asked otherwise, and the small text encoder stored as fp32 (its fp16-rounded weights), because
-transformers loads a model in its stored dtype, and a half text encoder feeding a float UNet
-fails. Deterministic in --seed for given step counts (on the same number of threads); --minutes
-bounds the wall time instead, and the step counts it reached are written to pretrain.json
-beside the model, so that --autoencoder_steps and --denoiser_steps can make it again.
+latents, a UNet2DConditionModel with cross-attention, a bidirectional (BERT-style) text encoder
+and the project's word-level CLIP tokenizer over the shapes captions, trained on images that
+b2diffurl.world.shapes renders. There are three phases.
+
+1. The autoencoder trains with reconstruction and a small KL term, on renders of every caption
+   of the world, until the world's ceiling (b2diffurl.world.ceiling) reaches CEILING_TARGET in
+   every group. `--autoencoder` instead takes it, as it is, from a pipeline folder.
+2. The text encoder is grounded on renders of the train captions (train_text_encoder) and then
+   frozen.
+3. A pool of renders of the train split's captions (config/prompt/shapes/train.json) is encoded
+   once, and the UNet learns from it with the plain epsilon loss of SD's noise schedule. Two-object
+   renders follow their caption's stated order with probability ORDER_FIDELITY. The caption is
+   dropped 10% of the time so that classifier-free guidance works, and the weights are averaged
+   (EMA) for the saved model. A quarter of the captions drawn are single objects (the train split
+   is mostly pairs).
+
+The result is saved as a diffusers folder (about 11 MB) that a plain
+`StableDiffusionPipeline.from_pretrained(out)` loads and runs with its defaults. The UNet and VAE
+are stored in fp16, which diffusers loads as fp32 unless asked otherwise. The small text encoder
+is stored as fp32 (its fp16-rounded weights): transformers loads a model in its stored dtype, and
+a half text encoder feeding a float UNet fails.
+
+It is deterministic in --seed for given step counts, on the same number of threads. --minutes
+bounds the wall time instead; the step counts it reached are written to pretrain.json beside the
+model, so that --autoencoder_steps and --denoiser_steps can make it again.
 """
 
 from __future__ import annotations
@@ -45,7 +58,8 @@ SINGLE_SHARE = 0.25  # share of single-object captions among those drawn for tra
 # drawn the other way round ("a red circle above a blue square" drawn with the circle below). Web
 # captions state spatial relations loosely, and SD draws them little better than chance; here the
 # denoiser learns the relation from a weak signal too, while the text encoder, grounded on exact
-# renders, carries it in full: order is left for RL to teach, and it can be taught.
+# renders, carries it in full: the order is left for RL to teach (that the update teaches it is
+# not shown yet: docs/shapes-world.md, "The grounded candidate").
 ORDER_FIDELITY = 0.6
 POOL_SIZE = 40_000  # images encoded once for the denoiser phase
 EMA_DECAY = 0.999
@@ -63,7 +77,7 @@ def build_models(seed: int):
     not CLIP's causal one: in "a red circle above a blue square" a causal encoder's first object
     never sees the relation that follows it, so which object goes on top is not a property of
     either object's tokens, and the UNet, which reads colours from the object tokens, never learnt
-    to place them by the relation (docs/shapes-world.md, "Why order was not learnt").
+    to place them by the relation (docs/shapes-world.md, "Why the order was not learnt").
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import BertConfig, BertModel
