@@ -60,3 +60,12 @@ def test_swapped_counts_the_pairs_whose_objects_changed_places():
     # a pair with a wrong object does not count
     wrong = np.stack([shapes.render("a red circle", rng)] + [shapes.render(p, rng) for p in prompts[1:]])
     assert swapped(wrong, np.stack([shapes.render(p, rng) for p in flipped]), prompts)["pairs"] == 2
+
+
+def test_relation_response_draws_a_caption_and_its_edit_from_one_noise(tiny_model_dir):
+    from b2diffurl.world.conditioning import relation_response
+
+    captions = ["a red circle above a blue square", "a green triangle to the left of a red square"]
+    result = relation_response(tiny_model_dir, captions, images_per_caption=2, num_steps=2)
+    assert set(result) == {"pairs", "moved", "share", "order_right", "order_of"}
+    assert 0 <= result["moved"] <= result["pairs"] <= 4 and 0 <= result["order_right"] <= result["order_of"] <= 4

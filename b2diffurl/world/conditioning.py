@@ -100,7 +100,6 @@ def relation_response(model: str, captions: list[str], images_per_caption: int =
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     from b2diffurl.analysis.generate import generate_images
-    from b2diffurl.world.failures import two_object_modes
 
     pipe = StableDiffusionPipeline.from_pretrained(model, dtype=torch.float32, safety_checker=None,
                                                    requires_safety_checker=False)
@@ -111,12 +110,9 @@ def relation_response(model: str, captions: list[str], images_per_caption: int =
         with torch.no_grad():
             images, prompts = generate_images(pipe, texts, images_per_caption, num_steps=num_steps, eta=1.0,
                                               guidance_scale=guidance_scale, seed=seed, batch_size=64)
-        drawn.append(images.numpy())
-    return swapped(drawn[0], drawn[1], prompts_of(captions, images_per_caption))
-
-
-def prompts_of(captions: list[str], images_per_caption: int) -> list[str]:
-    return [c for c in captions for _ in range(images_per_caption)]
+        drawn.append((images.numpy(), prompts))
+    (images, prompts), (flipped_images, _) = drawn
+    return swapped(images, flipped_images, prompts)
 
 
 def swapped(images: np.ndarray, flipped_images: np.ndarray, prompts: list[str]) -> dict:
@@ -124,11 +120,10 @@ def swapped(images: np.ndarray, flipped_images: np.ndarray, prompts: list[str]) 
     edits: the pairs where both show the stated objects on the stated axis (`pairs`), those whose
     objects changed places (`moved`, `share`), and the order accuracy of `images` (`order_right`
     of `order_of`)."""
-    from b2diffurl.world.failures import two_object_modes
+    from b2diffurl.world.failures import image_modes
 
     flipped = [edit(shapes.parse_caption(p), "direction").text() for p in prompts]
-    own, other = (list(two_object_modes(x, texts).values()) for x, texts in ((images, prompts),
-                                                                             (flipped_images, flipped)))
+    own, other = image_modes(images, prompts), image_modes(flipped_images, flipped)
     placed = ("success", "reversed order")  # the stated objects, on the stated axis
     pairs = [(a, b) for a, b in zip(own, other) if a in placed and b in placed]
     # the two captions state opposite orders: the same verdict on both means the objects moved
@@ -147,7 +142,7 @@ def format_separation(result: dict[str, dict]) -> str:
 FLAGS = cli.flag_values(with_config=False)
 MODEL = flags.DEFINE_string("model", "model/shapes-sd", "a diffusers pipeline folder with a text_encoder/",
                             flag_values=FLAGS)
-PAIRS = flags.DEFINE_integer("captions", 96, "train captions drawn with their direction edit (0: skip)",
+CAPTIONS = flags.DEFINE_integer("captions", 96, "train captions drawn with their direction edit (0: skip)",
                              flag_values=FLAGS)
 
 
@@ -160,12 +155,12 @@ def main(argv: list[str] | None = None) -> None:
     cli.parse_command_flags(FLAGS, argv)
     setup_logging()
     print(format_separation(separation(*load_text_encoder(MODEL.value))))
-    if PAIRS.value > 0:
+    if CAPTIONS.value > 0:
         from b2diffurl.world.pretrain import PROMPT_DIR
 
         with open(os.path.join(PROMPT_DIR, "train.json")) as f:
             pairs = [c for c in json.load(f) if shapes.parse_caption(c).relation is not None]
-        chosen = [pairs[i] for i in np.random.default_rng(0).permutation(len(pairs))[:PAIRS.value]]
+        chosen = [pairs[i] for i in np.random.default_rng(0).permutation(len(pairs))[:CAPTIONS.value]]
         r = relation_response(MODEL.value, chosen)
         print(f"the UNet: of {r['pairs']} pairs (a caption and its direction edit, same noise, both with the "
               f"stated objects on the stated axis) {r['moved']} swapped places ({r['share']:.2f}); "
