@@ -56,7 +56,7 @@ MAX_TOKENS = 16  # the longest caption is 12 tokens with its start and end marks
 SINGLE_SHARE = 0.25  # share of single-object captions among those drawn for training
 # Share of the denoiser's two-object renders drawn in their caption's stated order; the rest are
 # drawn the other way round ("a red circle above a blue square" drawn with the circle below). Web
-# captions state spatial relations loosely, and SD draws them little better than chance; here the
+# captions state spatial relations loosely, and SD often draws them wrong; here the
 # denoiser learns the relation from a weak signal too, while the text encoder, grounded on exact
 # renders, carries it in full: the order is left for RL to teach (that the update teaches it is
 # not shown yet: docs/shapes-world.md, "The grounded candidate").
@@ -74,10 +74,11 @@ def build_models(seed: int):
     """Tokenizer, text encoder, autoencoder and UNet, randomly initialised (deterministic in `seed`).
 
     The text encoder is bidirectional (a BERT-style transformer, as T5 is in Imagen and SD3),
-    not CLIP's causal one: in "a red circle above a blue square" a causal encoder's first object
-    never sees the relation that follows it, so which object goes on top is not a property of
-    either object's tokens, and the UNet, which reads colours from the object tokens, never learnt
-    to place them by the relation (docs/shapes-world.md, "Why the order was not learnt").
+    not CLIP's causal one, so that grounding (train_text_encoder) can write each object's place
+    into the object's own words: in "a red circle above a blue square" a causal encoder's first
+    object never sees the relation that follows it. The UNet reads a colour where it reads that
+    colour's words, and learnt the order only once those words said where the object goes
+    (docs/shapes-world.md, "Why the order was not learnt").
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import BertConfig, BertModel
