@@ -32,8 +32,6 @@ from absl import flags
 from b2diffurl import cli
 from b2diffurl.world import shapes
 
-OPPOSITE = {"to the left of": "to the right of", "to the right of": "to the left of", "above": "below",
-            "below": "above"}
 OTHER_AXIS = {"to the left of": "above", "to the right of": "below", "above": "to the left of",
               "below": "to the right of"}
 EDITS = ("direction", "axis", "colour", "shape", "paraphrase")
@@ -43,7 +41,7 @@ def edit(caption: shapes.Caption, kind: str) -> shapes.Caption:
     """`caption` (two objects) changed as `kind` says (one of EDITS)."""
     (colour, shape), second = caption.objects
     if kind == "direction":
-        return shapes.Caption(caption.objects, OPPOSITE[caption.relation])
+        return shapes.Caption(caption.objects, shapes.OPPOSITE[caption.relation])
     if kind == "axis":
         return shapes.Caption(caption.objects, OTHER_AXIS[caption.relation])
     if kind == "colour":
@@ -53,7 +51,7 @@ def edit(caption: shapes.Caption, kind: str) -> shapes.Caption:
         other = next(s for s in shapes.SHAPES if s != shape and (colour, s) != second)
         return shapes.Caption(((colour, other), second), caption.relation)
     if kind == "paraphrase":
-        return shapes.Caption((second, (colour, shape)), OPPOSITE[caption.relation])
+        return shapes.Caption((second, (colour, shape)), shapes.OPPOSITE[caption.relation])
     raise ValueError(f"edit takes one of {', '.join(EDITS)}, got {kind!r}")
 
 

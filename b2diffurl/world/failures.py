@@ -21,8 +21,6 @@ import numpy as np
 from b2diffurl.world import shapes
 
 MODES = ("success", "wrong count", "wrong object", "reversed order", "wrong relation")
-REVERSED = {"to the left of": "to the right of", "to the right of": "to the left of",
-            "above": "below", "below": "above"}
 
 
 def failure_mode(checks: dict[str, bool], reverse_holds: bool = False) -> str:
@@ -44,7 +42,7 @@ def two_object_modes(images: np.ndarray, prompts: list[str]) -> dict[int, str]:
     pairs = [i for i, prompt in enumerate(prompts) if shapes.parse_caption(prompt).relation is not None]
     images = np.asarray(images)[pairs]
     captions = [shapes.parse_caption(prompts[i]) for i in pairs]
-    reverse = shapes.check_all(images, [shapes.Caption(c.objects, REVERSED[c.relation]) for c in captions])
+    reverse = shapes.check_all(images, [shapes.Caption(c.objects, shapes.OPPOSITE[c.relation]) for c in captions])
     return {i: failure_mode(checks, r["relation"])
             for i, checks, r in zip(pairs, shapes.check_all(images, captions), reverse)}
 

@@ -109,8 +109,6 @@ def batches(captions: list[str], batch_size: int, rng: np.random.Generator, orde
     """Endless (captions, images in [-1, 1] as [B, 3, H, W]) of random train captions, rendered;
     SINGLE_SHARE of them single objects; a two-object caption drawn in its stated order with
     probability `order_fidelity`, else in the reverse one."""
-    from b2diffurl.world.failures import REVERSED
-
     singles = [c for c in captions if len(shapes.parse_caption(c).objects) == 1]
     pairs = [c for c in captions if c not in singles]
     while True:
@@ -118,7 +116,7 @@ def batches(captions: list[str], batch_size: int, rng: np.random.Generator, orde
         chosen = [singles[rng.integers(len(singles))] if one else pairs[rng.integers(len(pairs))] for one in single]
         drawn = [shapes.parse_caption(caption) for caption in chosen]
         drawn = [c if c.relation is None or order_fidelity >= 1 or rng.random() < order_fidelity else
-                 shapes.Caption(c.objects, REVERSED[c.relation]) for c in drawn]
+                 shapes.Caption(c.objects, shapes.OPPOSITE[c.relation]) for c in drawn]
         images = np.stack([shapes.render(caption, rng) for caption in drawn])
         yield chosen, torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 

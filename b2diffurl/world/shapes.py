@@ -26,6 +26,8 @@ BACKGROUND = (235, 235, 235)
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 220), "yellow": (230, 200, 30)}
 SHAPES = ("circle", "square", "triangle")
 RELATIONS = ("to the left of", "to the right of", "above", "below")
+OPPOSITE = {"to the left of": "to the right of", "to the right of": "to the left of",  # the same axis,
+            "above": "below", "below": "above"}                                      # reversed
 # Test prompts: captions with a held-out colour-shape binding, and two-object captions whose
 # (unordered) pair of seen bindings never appears in training.
 HELD_OUT_BINDINGS = (("red", "triangle"), ("green", "square"), ("blue", "circle"))
