@@ -14,8 +14,8 @@ b2diffurl.world.shapes renders. There are three phases.
 1. The autoencoder trains with reconstruction and a small KL term, on renders of every caption
    of the world, until the world's ceiling (b2diffurl.world.ceiling) reaches CEILING_TARGET in
    every group. `--autoencoder` instead takes it, as it is, from a pipeline folder.
-2. The text encoder is grounded on renders of the train captions (train_text_encoder) and then
-   frozen.
+2. The text encoder is grounded on renders of every caption, held-out ones included
+   (train_text_encoder), and then frozen.
 3. A pool of renders of the train split's captions (config/prompt/shapes/train.json) is encoded
    once, and the UNet learns from it with the plain epsilon loss of SD's noise schedule. Two-object
    renders follow their caption's stated order with probability ORDER_FIDELITY. The caption is
@@ -317,12 +317,12 @@ def pretrain(out: str, minutes: float, seed: int, batch_size: int = 128, vae_sha
     rng = np.random.default_rng(seed)
     budget = 60.0 * minutes
     started = time.time()
-    # The autoencoder is the world's image codec, not the policy: it never sees a caption, and
-    # it learns from renders of every caption, held-out ones included, so that a held-out
-    # colour-shape binding decodes as well as a trained one. The text encoder and the UNet
-    # see the train captions only.
+    # The autoencoder is the world's image codec and the text encoder its language, not the
+    # policy: both learn from every caption, held-out ones included (as SD's VAE and CLIP saw far
+    # more than any fine-tuning set), so that a held-out colour-shape binding decodes as well as
+    # a trained one and its words say what they mean. The UNet sees the train captions only.
+    every_caption = [c.text() for c in shapes.all_captions()]
     if autoencoder is None:
-        every_caption = [c.text() for c in shapes.all_captions()]
         vae_steps, vae_ceiling = train_autoencoder(vae, batches(every_caption, autoencoder_batch_size, rng),
                                                    vae_share * budget,
                                                    autoencoder_steps or max_steps)
@@ -332,7 +332,7 @@ def pretrain(out: str, minutes: float, seed: int, batch_size: int = 128, vae_sha
     seconds = {"autoencoder": round(time.time() - started, 1)}
     # The text encoder and the denoiser draw from their own seeded streams, so that a run that
     # takes its autoencoder from a folder draws what a run that trained it draws.
-    grounding = train_text_encoder(text_encoder, tokenizer, captions,
+    grounding = train_text_encoder(text_encoder, tokenizer, every_caption,
                                    text_encoder_steps or max_steps or TEXT_ENCODER_STEPS, TEXT_BATCH,
                                    np.random.default_rng([seed, 2]))
     seconds["text_encoder"] = round(time.time() - started - sum(seconds.values()), 1)
