@@ -42,6 +42,7 @@ def check_config(config) -> None:
     """Refuse an inconsistent config before anything is loaded."""
     # late: keeps `plan` light when it fails early
     from b2diffurl.method import selection
+    from b2diffurl.method.loss import STEP_WEIGHTINGS
     from b2diffurl.models import prompts, rewards
 
     num_steps = config.sample.num_steps
@@ -73,6 +74,8 @@ def check_config(config) -> None:
              f"0..stages.num_stages-1={config.stages.num_stages - 1}", config.stage)
     _require(config.eval.pos_threshold >= config.eval.neg_threshold, "eval.pos_threshold",
              f">= eval.neg_threshold={config.eval.neg_threshold}", config.eval.pos_threshold)
+    _require(config.train.step_weighting in STEP_WEIGHTINGS, "train.step_weighting", " / ".join(STEP_WEIGHTINGS),
+             config.train.step_weighting)
     _require(config.mixed_precision in MIXED_PRECISION, "mixed_precision", " / ".join(MIXED_PRECISION),
              config.mixed_precision)
     _require(not config.train.use_8bit_adam or importlib.util.find_spec("bitsandbytes") is not None,

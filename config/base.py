@@ -101,6 +101,7 @@ def get_config() -> ml_collections.ConfigDict:
     train.neg_weight = 1.0  # beta-, weight of samples with negative advantage (original: beta2)
     train.max_grad_norm = 1.0  # gradient-norm clip
     train.fresh_optimizer = False  # True: each stage starts a new AdamW state (the release carries the previous stage's)
+    train.step_weighting = "uniform"  # "uniform": the paper's mean over steps; "std": a variant weighting step i by its sigma_i (docs/shapes-world.md)
     train.steps_per_forward = 1  # steps of each sample per UNet call (rows = batch_size x this; 1 to s): the same update, fewer and larger calls
     train.gradient_checkpointing = False  # recompute UNet activations in the backward pass: less memory, slower
     train.max_untrained_stages = 2  # stop the run when this many stages in a row skipped every optimiser step (fp16 overflow, NaN)

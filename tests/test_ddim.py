@@ -4,7 +4,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from b2diffurl.method.ddim import ddim_step, ddim_step_mean_std, ddim_step_with_log_prob, gaussian_log_prob
+from b2diffurl.method.ddim import ddim_std, ddim_step, ddim_step_mean_std, ddim_step_with_log_prob, gaussian_log_prob
 
 SD_SCHEDULER = dict(  # the scheduler_config.json of Stable Diffusion v1.4
     beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
@@ -29,6 +29,17 @@ def test_step_matches_diffusers_with_same_noise(config, prediction_type, eta):
         prev_t = t - scheduler.config.num_train_timesteps // 20
         expected_std = eta * scheduler._get_variance(t, prev_t) ** 0.5
         torch.testing.assert_close(std.flatten(), expected_std.expand(3).float())
+
+
+@pytest.mark.parametrize("config", [SD_SCHEDULER, {}], ids=["sd-v1.4", "diffusers-default"])
+def test_ddim_std_is_diffusers_std_dev_at_every_timestep(config):
+    scheduler = DDIMScheduler(**config)
+    scheduler.set_timesteps(10)
+    timesteps = scheduler.timesteps.reshape(2, 5)  # any shape
+    prev = timesteps - scheduler.config.num_train_timesteps // 10
+    expected = torch.stack([0.7 * scheduler._get_variance(t, p) ** 0.5 for t, p in zip(timesteps.flatten(), prev.flatten())])
+    torch.testing.assert_close(ddim_std(scheduler, timesteps, 0.7), expected.reshape(2, 5).float())
+    assert ddim_std(scheduler, timesteps, 1.0)[0, 0] > 10 * ddim_std(scheduler, timesteps, 1.0)[1, 4]  # early >> late
 
 
 def test_per_sample_timesteps_equal_one_call_per_timestep():

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from b2diffurl.method.loss import clipped_pg_loss, weighted_advantages
+from b2diffurl.method.loss import clipped_pg_loss, step_weights, weighted_advantages
 
 LOG15, LOG05 = math.log(1.5), math.log(0.5)
 
@@ -65,3 +65,29 @@ def test_weighted_advantages_keeps_dtype():
     out = weighted_advantages(torch.tensor([1.0, -1.0], dtype=torch.float64), 5.0, 3.0, 1.0)
     assert out.dtype == torch.float64
     assert out.tolist() == [3.0, -1.0]
+
+
+def test_weights_scale_each_term_and_its_gradient():
+    adv = torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64)
+    old = torch.tensor([-1.0, 0.3, 2.0], dtype=torch.float64)
+    log_ratio = torch.tensor([math.log(1.05), LOG15, LOG05], dtype=torch.float64)
+    weights = torch.tensor([0.5, 2.0, 0.25], dtype=torch.float64)
+    log_prob = (old + log_ratio).requires_grad_(True)
+    loss, _ = clipped_pg_loss(log_prob, old, adv, 0.1, weights)
+    loss.backward()
+    # terms: -2 * 1.05 (inside the range), max(1.5, 1.1) = 1.5, max(-0.25, -0.45) = -0.25
+    assert loss.item() == pytest.approx((0.5 * -2.1 + 2.0 * 1.5 + 0.25 * -0.25) / 3)
+    torch.testing.assert_close(log_prob.grad, torch.tensor([0.5 * -2 * 1.05, 2.0 * 1.5, 0.25 * -0.5 * 0.5],
+                                                           dtype=torch.float64) / 3)
+    unweighted, _ = clipped_pg_loss(old + log_ratio, old, adv, 0.1, torch.ones(3, dtype=torch.float64))
+    assert unweighted.item() == pytest.approx(clipped_pg_loss(old + log_ratio, old, adv, 0.1)[0].item())
+
+
+def test_step_weights():
+    stds = torch.tensor([[0.8, 0.4, 0.2, 0.2], [1.0, 1.0, 1.0, 1.0]])
+    torch.testing.assert_close(step_weights(stds, "uniform"), torch.ones(2, 4))
+    weights = step_weights(stds, "std")
+    torch.testing.assert_close(weights, torch.tensor([[2.0, 1.0, 0.5, 0.5], [1.0, 1.0, 1.0, 1.0]]))
+    torch.testing.assert_close(weights.mean(dim=1), torch.ones(2))
+    with pytest.raises(ValueError, match="step weighting 'snr'"):
+        step_weights(stds, "snr")

@@ -10,8 +10,9 @@ from diffusers import StableDiffusionPipeline
 
 from b2diffurl.errors import NonFiniteWeightsError
 from b2diffurl.method.branch_sampling import sample_branches
-from b2diffurl.method.ddim import ddim_step_with_log_prob
+from b2diffurl.method.ddim import ddim_std, ddim_step_with_log_prob
 from b2diffurl.method.guidance import guided_noise
+from b2diffurl.method.loss import step_weights
 from b2diffurl.method.update import TrainSettings, lora_parameters, process_share, train_on_samples, update_schedule
 from b2diffurl.models.checkpoint import load_lora, save_checkpoint
 from b2diffurl.models.pipeline import load_pipeline, lora_merged
@@ -50,13 +51,14 @@ def _log_probs(pipe, record):
     return torch.stack(out, dim=1)
 
 
-def test_training_raises_log_prob_of_good_and_lowers_it_for_bad_samples(tiny_config):
+@pytest.mark.parametrize("step_weighting", ["uniform", "std"])
+def test_training_raises_log_prob_of_good_and_lowers_it_for_bad_samples(tiny_config, step_weighting):
     pipe = load_pipeline(tiny_config, torch.device("cpu"))
     record = _selected_record(pipe, [1.0, -1.0, 1.0, -1.0])
     before = record["log_probs"].clone()
     settings = TrainSettings(num_steps=6, eta=1.0, guidance_scale=5.0, batch_size=2, gradient_accumulation_steps=1,
                              num_epochs=3, clip_range=1.0, adv_clip_max=5.0, pos_weight=1.0, neg_weight=1.0,
-                             max_grad_norm=1.0)
+                             max_grad_norm=1.0, step_weighting=step_weighting)
     params = lora_parameters(pipe.unet)
     optimizer = torch.optim.AdamW(params, lr=3e-4)
     seen = []
@@ -66,7 +68,9 @@ def test_training_raises_log_prob_of_good_and_lowers_it_for_bad_samples(tiny_con
     assert len(seen) == 6
     assert seen[0]["approx_kl"] < 1e-10  # first step: the policy is still π_old
     assert all(np.isfinite(s["grad_norm"]) and s["grad_norm"] > 0 for s in seen)
-    change = (_log_probs(pipe, record) - before).mean(dim=1)
+    # the change of the objective's step mean: each step weighted as the loss weights it
+    weights = step_weights(ddim_std(pipe.scheduler, record["timesteps"], 1.0), step_weighting)
+    change = ((_log_probs(pipe, record) - before) * weights).mean(dim=1)
     assert (change[[0, 2]] > 0).all() and (change[[1, 3]] < 0).all(), change
 
 

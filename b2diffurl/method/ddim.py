@@ -31,6 +31,31 @@ def _gather(values: torch.Tensor, index: torch.Tensor, like: torch.Tensor) -> to
     return out.reshape(-1, *([1] * (like.ndim - 1))).to(torch.float32)
 
 
+def _alpha_prods(scheduler: DDIMScheduler, timestep: torch.Tensor, like: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """α_t and α_{t-1} for long timesteps [N], shaped to broadcast against `like` ([N, ...]).
+    The previous timestep is diffusers'; a negative one uses the final α (1 or α_0)."""
+    prev_timestep = timestep - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    alphas = scheduler.alphas_cumprod.to(torch.float32)
+    final_alpha = torch.as_tensor(scheduler.final_alpha_cumprod, dtype=torch.float32)
+    padded = torch.cat([alphas, final_alpha.reshape(1)])  # index -1 -> final α
+    return _gather(alphas, timestep, like), _gather(padded, torch.where(prev_timestep >= 0, prev_timestep, -1), like)
+
+
+def _std(alpha_prod: torch.Tensor, alpha_prod_prev: torch.Tensor, eta: float) -> torch.Tensor:
+    """σ_t(η) = η·sqrt((1-α_{t-1})/(1-α_t)·(1-α_t/α_{t-1})), eq. (16)."""
+    return eta * ((1 - alpha_prod_prev) / (1 - alpha_prod) * (1 - alpha_prod / alpha_prod_prev)).sqrt()
+
+
+def ddim_std(scheduler: DDIMScheduler, timesteps: torch.Tensor, eta: float) -> torch.Tensor:
+    """σ_t(η) of the DDIM step at each of `timesteps` (long, any shape), fp32 of the same shape:
+    the `std` that ddim_step_mean_std uses."""
+    if scheduler.num_inference_steps is None:
+        raise ValueError("call scheduler.set_timesteps(num_steps) before stepping")
+    flat = torch.as_tensor(timesteps, dtype=torch.long).reshape(-1)
+    return _std(*_alpha_prods(scheduler, flat, flat), eta).reshape(torch.as_tensor(timesteps).shape)
+
+
 def ddim_step_mean_std(
     scheduler: DDIMScheduler,
     model_output: torch.Tensor,
@@ -55,18 +80,11 @@ def ddim_step_mean_std(
     sample = sample.to(torch.float32)
     timestep = torch.as_tensor(timestep, dtype=torch.long).reshape(-1).expand(sample.shape[0])
 
-    # 1. the previous timestep, as diffusers computes it
-    prev_timestep = timestep - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
-
-    # 2. α_t and α_{t-1}; a negative previous timestep uses the final α (1 or α_0)
-    alphas = scheduler.alphas_cumprod.to(torch.float32)
-    final_alpha = torch.as_tensor(scheduler.final_alpha_cumprod, dtype=torch.float32)
-    padded = torch.cat([alphas, final_alpha.reshape(1)])  # index -1 -> final α
-    alpha_prod = _gather(alphas, timestep, sample)
-    alpha_prod_prev = _gather(padded, torch.where(prev_timestep >= 0, prev_timestep, -1), sample)
+    # 1. α_t and α_{t-1}
+    alpha_prod, alpha_prod_prev = _alpha_prods(scheduler, timestep, sample)
     beta_prod = 1 - alpha_prod
 
-    # 3. predicted x_0 and ε, eq. (12)
+    # 2. predicted x_0 and ε, eq. (12)
     prediction_type = scheduler.config.prediction_type
     if prediction_type == "epsilon":
         pred_x0 = (sample - beta_prod.sqrt() * model_output) / alpha_prod.sqrt()
@@ -77,16 +95,15 @@ def ddim_step_mean_std(
     else:
         raise ValueError(f"prediction_type {prediction_type!r} is not supported")
 
-    # 4. clip x_0 as the scheduler is configured to
+    # 3. clip x_0 as the scheduler is configured to
     if scheduler.config.clip_sample:
         limit = scheduler.config.clip_sample_range
         pred_x0 = pred_x0.clamp(-limit, limit)
 
-    # 5. σ_t(η), eq. (16)
-    variance = (1 - alpha_prod_prev) / beta_prod * (1 - alpha_prod / alpha_prod_prev)
-    std = eta * variance.sqrt()
+    # 4. σ_t(η), eq. (16)
+    std = _std(alpha_prod, alpha_prod_prev, eta)
 
-    # 6.-7. direction pointing to x_t and the mean of x_{t-1}, eq. (12)
+    # 5. direction pointing to x_t and the mean of x_{t-1}, eq. (12)
     direction = (1 - alpha_prod_prev - std**2).sqrt() * pred_eps
     mean = alpha_prod_prev.sqrt() * pred_x0 + direction
     return mean, std

@@ -22,9 +22,9 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from b2diffurl.method.ddim import ddim_step_with_log_prob
+from b2diffurl.method.ddim import ddim_std, ddim_step_with_log_prob
 from b2diffurl.method.guidance import guided_noise
-from b2diffurl.method.loss import clipped_pg_loss, weighted_advantages
+from b2diffurl.method.loss import clipped_pg_loss, step_weights, weighted_advantages
 
 
 @dataclasses.dataclass
@@ -43,6 +43,7 @@ class TrainSettings:
     neg_weight: float
     max_grad_norm: float
     steps_per_forward: int = 1  # steps of each sample in one UNet call: rows = batch_size x this
+    step_weighting: str = "uniform"  # loss.step_weights: "uniform" (the paper) or "std" (a variant)
 
 
 
@@ -129,6 +130,8 @@ def train_on_samples(
         "latents": samples["latents"].to(device),  # [M, s+1, C, H, W]
         "timesteps": samples["timesteps"].to(device),  # [M, s]
         "old_log_probs": samples["log_probs"].to(device),  # [M, s]
+        "step_weights": step_weights(ddim_std(scheduler, samples["timesteps"], settings.eta),
+                                     settings.step_weighting).to(device),  # [M, s]
         "advantages": weighted_advantages(samples["advantages"].to(device, torch.float32), settings.adv_clip_max,
                                           settings.pos_weight, settings.neg_weight),  # [M]
         "prompt_embeds": prompt_embeds.to(device),  # [M, L, D]
@@ -204,7 +207,8 @@ def _backward_batch(unet, scheduler, tensors: dict, batch: Batch, real: bool, la
             _, log_prob = ddim_step_with_log_prob(scheduler, eps, t, x, settings.eta,
                                                   prev_sample=tensors["latents"][chunk_rows, cols + 1])
             loss, info = clipped_pg_loss(log_prob, tensors["old_log_probs"][chunk_rows, cols],
-                                         tensors["advantages"][chunk_rows], settings.clip_range)
+                                         tensors["advantages"][chunk_rows], settings.clip_range,
+                                         tensors["step_weights"][chunk_rows, cols])
         # this call's steps' share (steps / micro_steps) of the optimiser step's loss
         accelerator.backward(loss * accelerator.num_processes * steps / micro_steps if real else loss * 0.0)
         if real:

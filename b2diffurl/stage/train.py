@@ -41,7 +41,7 @@ def train_settings(config) -> TrainSettings:
     t = config.train
     return TrainSettings(config.sample.num_steps, config.sample.eta, config.sample.guidance_scale, t.batch_size,
                          t.gradient_accumulation_steps, t.num_epochs, t.clip_range, t.adv_clip_max, t.pos_weight,
-                         t.neg_weight, t.max_grad_norm, t.steps_per_forward)
+                         t.neg_weight, t.max_grad_norm, t.steps_per_forward, t.step_weighting)
 
 
 def build_optimizer(config, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
