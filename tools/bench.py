@@ -82,7 +82,7 @@ def _overrides(model_dir: str, save_path: str) -> dict:
             "log_dir": os.path.join(save_path, "log"), "mixed_precision": PRECISION.value,
             "sample.num_steps": STEPS.value, "sample.batch_size": b, "num_branches": k,
             "sample.num_batches_per_stage": 1, "sample.unet_chunk_size": b * k, "split_step": SPLIT.value,
-            "tensorboard": False, "sample.save_png": False, "train.batch_size": 4,
+            "report_to": "none", "sample.save_png": False, "train.batch_size": 4,
             "train.gradient_accumulation_steps": 4, "train.num_epochs": 1,
             "eval.pos_threshold": 0.0, "eval.neg_threshold": 0.0}  # train on two samples of every group
 

@@ -1,0 +1,50 @@
+"""The tools' config overrides name keys the config has: a renamed key breaks a tool here, in a
+second, rather than the next time someone runs the tool (tools/bench.py once passed
+`tensorboard` for months after `report_to` replaced it)."""
+
+import ast
+import glob
+import os
+import re
+
+import pytest
+
+from b2diffurl.files import REPO
+from config import base
+
+TOOLS = sorted(glob.glob(os.path.join(REPO, "tools", "*.py")))
+
+
+def _config_keys() -> set[str]:
+    def walk(node, prefix=""):
+        for key, value in node.items():
+            name = prefix + key
+            yield name
+            if hasattr(value, "items"):
+                yield from walk(value, name + ".")
+    return set(walk(base.get_config()))
+
+
+def overridden_keys(source: str) -> set[str]:
+    """Keys a tool sets: `--config.KEY` in any string, and the string keys of the dict that a
+    function named `_overrides` returns (tools/bench.py's, applied with update_from_flattened_dict)."""
+    keys = set(re.findall(r"--config\.([A-Za-z_][\w.]*)", source))
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.FunctionDef) and node.name == "_overrides":
+            for ret in ast.walk(node):
+                if isinstance(ret, ast.Return) and isinstance(ret.value, ast.Dict):
+                    keys |= {k.value for k in ret.value.keys if isinstance(k, ast.Constant)}
+    return {key for key in keys if key != "config"}  # "--config.{key}" builds a flag from a checked key
+
+
+def test_the_check_reads_overrides_and_would_catch_an_unknown_key():
+    source = 'def _overrides():\n    return {"tensorboard": False, "sample.num_steps": 3}\nflag = "--config.train.lr=1"'
+    assert overridden_keys(source) == {"tensorboard", "sample.num_steps", "train.lr"}
+    assert not {"tensorboard", "train.lr"} & _config_keys()
+
+
+@pytest.mark.parametrize("path", TOOLS, ids=os.path.basename)
+def test_every_config_key_a_tool_overrides_exists(path):
+    with open(path) as f:
+        keys = overridden_keys(f.read())
+    assert not keys - _config_keys(), f"{os.path.basename(path)} overrides unknown config keys"
