@@ -172,6 +172,10 @@ def run(values: flags.FlagValues, body: Callable, argv: Sequence[str] | None = N
     config = None
     try:
         with sigterm_unwinds():
+            loose = [arg for arg in rest if arg.lower() in ("true", "false")]
+            if loose:  # `--config.KEY True` parses as the flag alone, then a stray word
+                raise UserError(f"unexpected argument {loose[0]!r}: a boolean config key takes its value after "
+                                f"'=', as in --config.train.fresh_optimizer={loose[0]}")
             if rest and not positional:
                 raise UserError(f"unexpected arguments: {' '.join(rest)}")
             config = load_config(values, continues_run)

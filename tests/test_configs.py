@@ -75,6 +75,19 @@ def test_bad_values_are_user_errors_naming_the_key(key, value):
         check_config(config)
 
 
+@pytest.mark.parametrize("argv", [["plan", "--config", "config/tiny.py", "--config.train.fresh_optimizer", "True",
+                                   "layout"],
+                                  ["plan", "--config", "config/tiny.py", "--config.sample.save_png", "false"]])
+def test_a_boolean_key_given_its_value_after_a_space_is_a_one_line_error(argv, capsys, monkeypatch):
+    from b2diffurl import cli
+
+    monkeypatch.setattr("sys.argv", argv)  # ml_collections finds the config file in sys.argv
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(cli.flag_values(), lambda config, *rest: None, positional=True)
+    assert exit_info.value.code == 2
+    assert "a boolean config key takes its value after '='" in capsys.readouterr().err
+
+
 def test_baseline_stage_on_the_tiny_model_selects_every_sample(tiny_config, tmp_path):
     import json
 
