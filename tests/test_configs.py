@@ -14,6 +14,8 @@ from config import (
     base,
     baseline,
     shapes,
+    shapes_check,
+    shapes_order,
     shapes_scale,
     stage_process,
     template2_colour_fruit,
@@ -24,7 +26,7 @@ from config import (
 
 
 @pytest.mark.parametrize("module", [base, stage_process, baseline, template2_colour_fruit, template3_object_place,
-                                    tiny, tiny_random, shapes, shapes_scale])
+                                    tiny, tiny_random, shapes, shapes_scale, shapes_check, shapes_order])
 def test_config_passes_the_checks_and_plans_every_stage(module):
     config = module.get_config()
     check_config(config)

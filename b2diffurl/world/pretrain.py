@@ -58,8 +58,8 @@ SINGLE_SHARE = 0.25  # share of single-object captions among those drawn for tra
 # drawn the other way round ("a red circle above a blue square" drawn with the circle below). Web
 # captions state spatial relations loosely, and SD often draws them wrong; here the
 # denoiser learns the relation from a weak signal too, while the text encoder, grounded on exact
-# renders, carries it in full: the order is left for RL to teach (that the update teaches it is
-# not shown yet: docs/shapes-world.md, "The grounded candidate").
+# renders, carries it in full: the order is left for RL to teach (config/shapes_order.py teaches
+# it: docs/shapes-world.md, "Teaching the order").
 ORDER_FIDELITY = 0.6
 POOL_SIZE = 40_000  # images encoded once for the denoiser phase
 EMA_DECAY = 0.999
