@@ -44,6 +44,7 @@ def check_config(config) -> None:
     from b2diffurl.method import selection
     from b2diffurl.method.loss import STEP_WEIGHTINGS
     from b2diffurl.models import prompts, rewards
+    from b2diffurl.models.pipeline import ATTENTIONS
 
     num_steps = config.sample.num_steps
     _require(num_steps >= 1, "sample.num_steps", "an integer >= 1", num_steps)
@@ -78,6 +79,7 @@ def check_config(config) -> None:
              config.train.step_weighting)
     _require(config.mixed_precision in MIXED_PRECISION, "mixed_precision", " / ".join(MIXED_PRECISION),
              config.mixed_precision)
+    _require(config.unet_attention in ATTENTIONS, "unet_attention", " / ".join(ATTENTIONS), config.unet_attention)
     _require(not config.train.use_8bit_adam or importlib.util.find_spec("bitsandbytes") is not None,
              "train.use_8bit_adam", "True only with bitsandbytes installed (pip install bitsandbytes)",
              config.train.use_8bit_adam)

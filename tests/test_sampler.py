@@ -6,7 +6,7 @@ from diffusers import StableDiffusionPipeline
 from b2diffurl.method.branch_sampling import latent_shape, sample_branches
 from b2diffurl.method.ddim import ddim_step_with_log_prob
 from b2diffurl.method.guidance import guided_noise
-from b2diffurl.models.pipeline import load_pipeline
+from b2diffurl.models.pipeline import load_pipeline, lora_merged
 from b2diffurl.models.prompts import encode_prompts
 
 PROMPTS = ["a red apple", "a blue plum", "a green pear"]
@@ -92,3 +92,59 @@ def test_without_branches_the_sampler_is_the_diffusers_pipeline(tiny_model_dir, 
     expected = reference(PROMPTS, num_inference_steps=7, guidance_scale=5.0, eta=1.0,
                          generator=torch.Generator().manual_seed(3), output_type="latent").images
     torch.testing.assert_close(out["latents"][:, -1], expected, rtol=1e-4, atol=1e-4)
+
+
+def _perturbed_lora(pipe, scale=0.05):
+    torch.manual_seed(0)
+    with torch.no_grad():  # a non-zero LoRA, so the adapter is part of the computation
+        for param in pipe.unet.parameters():
+            if param.requires_grad:
+                param.add_(scale * torch.randn_like(param))
+
+
+def test_classic_attention_is_sdpa_up_to_float_rounding(tiny_config):
+    sdpa = load_pipeline(tiny_config, torch.device("cpu"), with_lora=False).unet
+    tiny_config.unet_attention = "classic"
+    classic = load_pipeline(tiny_config, torch.device("cpu"), with_lora=False).unet
+    assert type(classic.attn_processors["down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor"]).__name__ \
+        == "AttnProcessor"
+    x, text = torch.randn(3, 4, 8, 8), torch.randn(3, 77, sdpa.config.cross_attention_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(classic(x, 500, text).sample, sdpa(x, 500, text).sample, rtol=1e-5, atol=1e-5)
+
+
+def test_under_bf16_the_sampled_log_probs_are_what_training_recomputes(tiny_config):
+    """The lab configs' CPU settings (bf16 frozen models, classic attention, the LoRA left
+    unmerged while sampling): training's recomputation, in train mode with gradients on and
+    one sample a call, gives the stored log-probs back. Merged into bf16 weights, the LoRA's
+    rounding moves them, which is why those configs sample unmerged."""
+    tiny_config.mixed_precision, tiny_config.unet_attention = "bf16", "classic"
+    pipe = load_pipeline(tiny_config, torch.device("cpu"))
+    _perturbed_lora(pipe)
+    embeds = encode_prompts(pipe.tokenizer, pipe.text_encoder, PROMPTS)
+    negative = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""])
+    bf16 = torch.autocast("cpu", dtype=torch.bfloat16)
+
+    def sample(merged):
+        with torch.no_grad(), bf16, lora_merged(pipe.unet, merged):
+            return sample_branches(pipe.unet, pipe.scheduler, embeds, negative, num_steps=6, branch_point=2,
+                                   num_branches=3, eta=1.0, guidance_scale=5.0, latent_shape=latent_shape(pipe.unet),
+                                   generator=torch.Generator().manual_seed(0), dtype=torch.bfloat16)
+
+    def largest_difference(out):
+        pipe.unet.train()
+        differences = []
+        for n in range(9):
+            for j in range(4):
+                x, t = out["latents"][n:n + 1, j], out["timesteps"][n:n + 1, j]
+                with bf16:
+                    eps = guided_noise(pipe.unet, x, t, embeds[n // 3:n // 3 + 1], negative, 5.0)
+                assert eps.requires_grad
+                _, log_prob = ddim_step_with_log_prob(pipe.scheduler, eps.detach(), t, x, 1.0,
+                                                      prev_sample=out["latents"][n:n + 1, j + 1])
+                differences.append((log_prob - out["log_probs"][n, j]).abs().item())
+        pipe.unet.eval()
+        return max(differences)
+
+    assert largest_difference(sample(merged=False)) <= 1e-5
+    assert largest_difference(sample(merged=True)) > 1e-3  # what the unmerged sampling avoids

@@ -26,21 +26,28 @@ def _config_keys() -> set[str]:
 
 
 def overridden_keys(source: str) -> set[str]:
-    """Keys a tool sets: `--config.KEY` in any string, and the string keys of the dict that a
-    function named `_overrides` returns (tools/bench.py's, applied with update_from_flattened_dict)."""
+    """Keys a tool sets: `--config.KEY` in any string, the string keys of the dict that a
+    function named `_overrides` returns (tools/bench.py's, applied with update_from_flattened_dict),
+    and those of dict literals assigned to UPPER_CASE names or to `common` (bench.py's TODAY and
+    FAST settings and its lab stage's shared overrides)."""
     keys = set(re.findall(r"--config\.([A-Za-z_][\w.]*)", source))
+    dicts = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.FunctionDef) and node.name == "_overrides":
-            for ret in ast.walk(node):
-                if isinstance(ret, ast.Return) and isinstance(ret.value, ast.Dict):
-                    keys |= {k.value for k in ret.value.keys if isinstance(k, ast.Constant)}
+            dicts += [r.value for r in ast.walk(node) if isinstance(r, ast.Return) and isinstance(r.value, ast.Dict)]
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict) and all(
+                isinstance(t, ast.Name) and (t.id.isupper() or t.id == "common") for t in node.targets):
+            dicts.append(node.value)
+    for d in dicts:
+        keys |= {k.value for k in d.keys if isinstance(k, ast.Constant) and isinstance(k.value, str)}
     return {key for key in keys if key != "config"}  # "--config.{key}" builds a flag from a checked key
 
 
 def test_the_check_reads_overrides_and_would_catch_an_unknown_key():
-    source = 'def _overrides():\n    return {"tensorboard": False, "sample.num_steps": 3}\nflag = "--config.train.lr=1"'
-    assert overridden_keys(source) == {"tensorboard", "sample.num_steps", "train.lr"}
-    assert not {"tensorboard", "train.lr"} & _config_keys()
+    source = ('def _overrides():\n    return {"tensorboard": False, "sample.num_steps": 3}\nflag = "--config.train.lr=1"\n'
+              'FAST = {"compile": True}\nother = {"not_a_key": 1}')
+    assert overridden_keys(source) == {"tensorboard", "sample.num_steps", "train.lr", "compile"}
+    assert not {"tensorboard", "train.lr", "compile"} & _config_keys()
 
 
 @pytest.mark.parametrize("path", TOOLS, ids=os.path.basename)

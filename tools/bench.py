@@ -15,6 +15,15 @@ Every ratio is measured in this one run, against a reference measured right besi
   2·T latents per sample in the same dtype.
 - peak_rss_mb_*: peak resident memory of each of the three scripts on one stage (and their
   peak GPU memory on a GPU).
+- lab_stage_ratio: one stage of config/shapes_scale.py (run_sample.py, run_select.py and
+  run_train.py as subprocesses, interpreter starts included, the evaluation apart) with the
+  lab configs' fast CPU settings (FAST: bf16 frozen models, classic attention, a compiled
+  UNet) over the same stage with the settings before them (TODAY: fp32, SDPA, eager); same
+  model, prompts and noise. Each side's seconds per script are printed; the fast side's
+  warm-up (which may compile with a cold cache) is reported apart as lab_stage_fast_first_seconds.
+  Before it, lab_logprob_*: the largest difference between the log-probs sampling stores and
+  training's recomputation, and the spread of the PPO ratio before the first update, per
+  precision (`--lab_batches 0` skips the stage; its log-prob figures are cheap).
 The two sides of a ratio are timed alternately, --repeats times each after one warm-up; a ratio
 is the median of the per-pair ratios, and their spread (max - min) is printed too.
 Without --model the benchmark builds the tiny model with 64-pixel images (16x16 latents), so
@@ -249,6 +258,114 @@ def bench_scripts(config, overrides: dict) -> dict:
     return figures
 
 
+TODAY = {"mixed_precision": "no", "unet_attention": "sdpa", "compile_unet": False, "sample.merge_lora": True}  # the lab configs before issue 32
+# config/tiny.py's now; the LoRA is not merged while sampling, since merging it into bf16 weights
+# moves the sampled log-probs by up to 0.06 from training's recomputation (unmerged: 0)
+FAST = {"mixed_precision": "bf16", "unet_attention": "classic", "compile_unet": True, "sample.merge_lora": False}
+
+
+def _script_flags(config_file: str, overrides: dict) -> list[str]:
+    flags_ = ["--config", config_file]
+    for key, value in overrides.items():
+        flags_ += [f"--config.{key}={value}"] if isinstance(value, bool) else [f"--config.{key}", str(value)]
+    return flags_
+
+
+def _run_stage(config_file: str, overrides: dict, save_path: str) -> dict:
+    """Seconds of each of a stage's three scripts (stage 0, a fresh run folder), as a user runs them."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    flags_ = _script_flags(config_file, {**overrides, "save_path": save_path, "log_dir": os.path.join(save_path, "log")})
+    seconds = {}
+    for script in ("run_sample.py", "run_select.py", "run_train.py"):
+        started = time.perf_counter()
+        result = subprocess.run([sys.executable, script, *flags_], cwd=repo, capture_output=True, text=True,
+                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        if result.returncode != 0:
+            raise RuntimeError(f"{script} failed: {result.stderr[-2000:]}")
+        seconds[script[4:-3]] = time.perf_counter() - started
+    return seconds
+
+
+def bench_lab_stage(out_dir: str, repeats: int, batches: int) -> dict:
+    """lab_stage_ratio: FAST over TODAY on one stage of config/shapes_scale.py (see the module's doc)."""
+    common = {"report_to": "none", "sample.num_batches_per_stage": batches, "keep_sample_files": "none"}
+    runs = {"today": [], "fast": []}
+    first = {}
+    for i in range(repeats + 1):  # one warm-up of each side, then alternating pairs
+        for side, settings in (("fast", FAST), ("today", TODAY)):
+            seconds = _run_stage("config/shapes_scale.py", {**common, **settings}, os.path.join(out_dir, f"{side}{i}"))
+            logging.getLogger(__name__).info("lab stage %s %d: %s", side, i,
+                                             " ".join(f"{k} {v:.1f}s" for k, v in seconds.items()))
+            if i:
+                runs[side].append(seconds)
+            else:
+                first[side] = seconds
+    totals = {side: [sum(r.values()) for r in rs] for side, rs in runs.items()}
+    ratios = [f / t for f, t in zip(totals["fast"], totals["today"])]
+    figures = {"lab_stage_batches": batches, "lab_stage_images": batches * 8 * 8,
+               "lab_stage_ratio": statistics.median(ratios), "lab_stage_ratio_spread": max(ratios) - min(ratios),
+               "lab_stage_fast_first_seconds": sum(first["fast"].values())}
+    for side in runs:
+        figures[f"lab_stage_{side}_seconds"] = statistics.median(totals[side])
+        for script in runs[side][0]:
+            figures[f"lab_stage_{side}_{script}_seconds"] = statistics.median(r[script] for r in runs[side])
+    return figures
+
+
+def bench_logprob_agreement(settings: dict, name: str) -> dict:
+    """Sampling's stored log-probs against training's recomputation on the shapes model, with
+    `settings`: one batch of 8 prompts x K = 8 (T = s = 10, a LoRA with random B, merged while
+    sampling as run_sample.py does), recomputed as run_train.py does (train mode, autocast,
+    gradients on, unmerged, in batches of train.batch_size, one step per call). Returns the
+    largest |difference| and the spread (max - min) of exp(difference), the PPO ratio of the
+    first update."""
+    from config import shapes_scale
+    from b2diffurl.method.branch_sampling import latent_shape, sample_branches
+    from b2diffurl.method.ddim import ddim_step_with_log_prob
+    from b2diffurl.method.guidance import guided_noise
+    from b2diffurl.models.pipeline import load_pipeline, lora_merged, weight_dtype
+    from b2diffurl.models.prompts import encode_prompts, load_prompts
+
+    config = shapes_scale.get_config()
+    config.update_from_flattened_dict(settings)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    pipe = load_pipeline(config, device)
+
+    def autocast():  # as the scripts' Accelerator (one per process, so not made here)
+        return torch.autocast(device.type, dtype=weight_dtype(config), enabled=config.mixed_precision != "no")
+
+    unet = pipe.unet
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        for param in unet.parameters():
+            if param.requires_grad:
+                param.add_(0.01 * torch.randn_like(param))
+    prompts = load_prompts(config.prompt_file)[:8]
+    embeds = encode_prompts(pipe.tokenizer, pipe.text_encoder, prompts)
+    negative = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""])
+    t, k = config.sample.num_steps, config.num_branches
+    with torch.no_grad(), autocast(), lora_merged(unet, config.sample.merge_lora):
+        out = sample_branches(unet, pipe.scheduler, embeds, negative, num_steps=t, branch_point=0, num_branches=k,
+                              eta=config.sample.eta, guidance_scale=config.sample.guidance_scale,
+                              latent_shape=latent_shape(unet), generator=torch.Generator().manual_seed(0),
+                              dtype=unet.dtype)
+    embeds = embeds.repeat_interleave(k, dim=0)
+    unet.train()
+    differences = []
+    for rows in torch.arange(len(embeds)).split(config.train.batch_size):
+        for j in range(t):
+            x, step = out["latents"][rows, j], out["timesteps"][rows, j]
+            with autocast():
+                eps = guided_noise(unet, x, step, embeds[rows], negative, config.sample.guidance_scale)
+            _, log_prob = ddim_step_with_log_prob(pipe.scheduler, eps.detach(), step, x, config.sample.eta,
+                                                  prev_sample=out["latents"][rows, j + 1])
+            differences.append(log_prob - out["log_probs"][rows, j])
+    difference = torch.cat(differences)
+    ratio = difference.exp()
+    return {f"lab_logprob_max_difference_{name}": difference.abs().max().item(),
+            f"lab_logprob_ratio_spread_{name}": (ratio.max() - ratio.min()).item()}
+
+
 def main(argv) -> None:
     from b2diffurl.logs import setup_logging
     from b2diffurl.stage.context import make_accelerator
@@ -266,12 +383,19 @@ def main(argv) -> None:
                    "num_branches": BRANCHES.value, "torch_threads": torch.get_num_threads()}
         if torch.cuda.is_available():
             figures["gpu"] = torch.cuda.get_device_name()
-        figures.update(bench_sampling(config, accelerator, REPEATS.value, tmp))
-        figures.update(bench_training(config, accelerator, REPEATS.value))
-        if SCRIPTS.value:
+        if TINY.value:
+            figures.update(bench_sampling(config, accelerator, REPEATS.value, tmp))
+            figures.update(bench_training(config, accelerator, REPEATS.value))
+        if TINY.value and SCRIPTS.value:
             figures.update(bench_scripts(config, overrides))
-    figures["sample_ratio_target"] = 1.15 * figures["unet_eval_ratio"]
-    figures["train_ratio_target"] = 1.15
+        if LAB_BATCHES.value >= 0:
+            figures.update(bench_logprob_agreement(TODAY, "today"))
+            figures.update(bench_logprob_agreement(FAST, "fast"))
+        if LAB_BATCHES.value > 0:
+            figures.update(bench_lab_stage(tmp, LAB_REPEATS.value, LAB_BATCHES.value))
+    if TINY.value:
+        figures["sample_ratio_target"] = 1.15 * figures["unet_eval_ratio"]
+        figures["train_ratio_target"] = 1.15
     for name, value in figures.items():
         print(f"{name}: {value:.4g}" if isinstance(value, float) else f"{name}: {value}")
 
@@ -283,6 +407,10 @@ if __name__ == "__main__":  # flags are defined only when run: profile_sampling.
     BRANCHES = flags.DEFINE_integer("num_branches", 4, "K, branches per group")
     STEPS = flags.DEFINE_integer("num_steps", 20, "T, DDIM steps")
     SPLIT = flags.DEFINE_integer("split_step", 14, "s, trained steps")
+    TINY = flags.DEFINE_bool("tiny", True, "the sampler, trainer and script figures (all but the lab_* ones)")
     SCRIPTS = flags.DEFINE_bool("scripts", True, "also run the three scripts for their peak memory and the sample file")
+    LAB_BATCHES = flags.DEFINE_integer("lab_batches", 48, "sampling batches (8 prompts x K = 8) of the lab stage; "
+                                       "48 is config/shapes_scale.py's stage, 0 skips the stage, -1 also the log-probs")
+    LAB_REPEATS = flags.DEFINE_integer("lab_repeats", 3, "timed lab stages of each side, alternating, after one warm-up")
     PRECISION = flags.DEFINE_enum("mixed_precision", "no", ["no", "fp16", "bf16"], "dtype of the frozen models")
     app.run(main)

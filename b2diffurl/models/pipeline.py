@@ -48,7 +48,39 @@ def load_pipeline(config, device: torch.device, with_lora: bool = True):
         for param in pipe.unet.parameters():  # fp16 Adam states diverge: LoRA trains in fp32
             if param.requires_grad:
                 param.data = param.data.to(torch.float32)
+    set_unet_speed(pipe.unet, config)
     return pipe
+
+
+ATTENTIONS = ("sdpa", "classic")
+
+
+def set_unet_speed(unet, config) -> None:
+    """config.unet_attention and config.compile_unet on `unet`, in place. "classic" attention
+    computes softmax(QKᵀ/√d)V in plain batched matmuls (diffusers' AttnProcessor): the same
+    function as SDPA up to float rounding, and on a CPU under bf16 its backward is several
+    times faster than the fused kernel's. Compiling (torch.compile, in place, static shapes)
+    fuses the UNet's elementwise work; each new input shape or train/eval mode compiles anew,
+    and the sampled log-probs then differ from training's recomputation by float rounding
+    (under bf16 up to about 0.01, where the eager UNet repeats them bit for bit)."""
+    if config.unet_attention not in ATTENTIONS:
+        raise ValueError(f"unet_attention must be one of {ATTENTIONS}, got {config.unet_attention!r}")
+    if config.unet_attention == "classic":
+        from diffusers.models.attention_processor import AttnProcessor
+
+        unet.set_attn_processor(AttnProcessor())
+    if config.compile_unet:
+        import warnings
+
+        import torch._inductor.config
+
+        # Round to the low precision wherever eager would: otherwise the no-grad graph that
+        # samples and the gradient graph that trains fuse differently, and under bf16 the
+        # recomputed log-probs drift from the stored ones ten times further (docs/performance.md).
+        torch._inductor.config.emulate_precision_casts = True
+        # diffusers' upsampling calls an lru_cache'd version check that dynamo traces through: harmless
+        warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru_cache`")
+        unet.compile(dynamic=False)
 
 
 def lora_parameters(unet) -> list[torch.nn.Parameter]:
