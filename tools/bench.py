@@ -2,6 +2,7 @@
 
     python tools/bench.py                          # tiny model built here, CPU or GPU
     python tools/bench.py --repeats 3              # a quicker, noisier look
+    python tools/bench.py --notiny --lab_repeats 2 # the lab stage's figures only (about 30 min on 2 CPU cores)
     python tools/bench.py --model /tmp/sd-random --mixed_precision fp16 --num_branches 5
 
 Every ratio is measured in this one run, against a reference measured right beside it:
@@ -20,7 +21,8 @@ Every ratio is measured in this one run, against a reference measured right besi
   lab configs' fast CPU settings (FAST: bf16 frozen models, classic attention, a compiled
   UNet) over the same stage with the settings before them (TODAY: fp32, SDPA, eager); same
   model, prompts and noise. Each side's seconds per script are printed; the fast side's
-  warm-up (which may compile with a cold cache) is reported apart as lab_stage_fast_first_seconds.
+  warm-up, which fills the compile cache (or finds it full), is reported apart as
+  lab_stage_fast_first_seconds.
   Before it, lab_logprob_*: the largest difference between the log-probs sampling stores and
   training's recomputation, and the spread of the PPO ratio before the first update, per
   precision (`--lab_batches 0` skips the stage; its log-prob figures are cheap).
@@ -290,16 +292,17 @@ def bench_lab_stage(out_dir: str, repeats: int, batches: int) -> dict:
     """lab_stage_ratio: FAST over TODAY on one stage of config/shapes_scale.py (see the module's doc)."""
     common = {"report_to": "none", "sample.num_batches_per_stage": batches, "keep_sample_files": "none"}
     runs = {"today": [], "fast": []}
-    first = {}
-    for i in range(repeats + 1):  # one warm-up of each side, then alternating pairs
+
+    def stage(side: str, settings: dict, i: int) -> dict:
+        seconds = _run_stage("config/shapes_scale.py", {**common, **settings}, os.path.join(out_dir, f"{side}{i}"))
+        logging.getLogger(__name__).info("lab stage %s %d: %s", side, i,
+                                         " ".join(f"{k} {v:.1f}s" for k, v in seconds.items()))
+        return seconds
+
+    first = {"fast": stage("fast", FAST, 0)}  # a warm-up fills the compile cache (a stage of TODAY has none)
+    for i in range(1, repeats + 1):  # then alternating pairs
         for side, settings in (("fast", FAST), ("today", TODAY)):
-            seconds = _run_stage("config/shapes_scale.py", {**common, **settings}, os.path.join(out_dir, f"{side}{i}"))
-            logging.getLogger(__name__).info("lab stage %s %d: %s", side, i,
-                                             " ".join(f"{k} {v:.1f}s" for k, v in seconds.items()))
-            if i:
-                runs[side].append(seconds)
-            else:
-                first[side] = seconds
+            runs[side].append(stage(side, settings, i))
     totals = {side: [sum(r.values()) for r in rs] for side, rs in runs.items()}
     ratios = [f / t for f, t in zip(totals["fast"], totals["today"])]
     figures = {"lab_stage_batches": batches, "lab_stage_images": batches * 8 * 8,
@@ -411,6 +414,7 @@ if __name__ == "__main__":  # flags are defined only when run: profile_sampling.
     SCRIPTS = flags.DEFINE_bool("scripts", True, "also run the three scripts for their peak memory and the sample file")
     LAB_BATCHES = flags.DEFINE_integer("lab_batches", 48, "sampling batches (8 prompts x K = 8) of the lab stage; "
                                        "48 is config/shapes_scale.py's stage, 0 skips the stage, -1 also the log-probs")
-    LAB_REPEATS = flags.DEFINE_integer("lab_repeats", 3, "timed lab stages of each side, alternating, after one warm-up")
+    LAB_REPEATS = flags.DEFINE_integer("lab_repeats", 3, "timed lab stages of each side, alternating, after a "
+                                       "warm-up of the fast side")
     PRECISION = flags.DEFINE_enum("mixed_precision", "no", ["no", "fp16", "bf16"], "dtype of the frozen models")
     app.run(main)
