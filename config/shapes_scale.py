@@ -23,7 +23,6 @@ def get_config():
     config.stages.num_stages = 9
     config.stages.split_step_min = config.stages.split_step_max = config.sample.num_steps
     config.sample.num_batches_per_stage = 48  # x 8 prompts x K = 8: 3,072 images a stage
-    config.compile_unet = True  # pays back within a stage (about 10 s a script with a warm cache, a minute cold)
     config.sample.save_png = False  # 52k PNGs help nobody; best_worst.png shows each stage
     config.train.batch_size = 16
     config.train.gradient_accumulation_steps = 8
