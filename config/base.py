@@ -28,7 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.mixed_precision = "fp16"  # "no", "fp16" or "bf16": dtype of the frozen models
     config.allow_tf32 = True  # TF32 matmuls on Ampere+ GPUs
     config.unet_attention = "sdpa"  # "sdpa" (torch's fused attention) or "classic" (softmax(QK^T)V in plain matmuls: a CPU's bf16 backward runs ~4x faster)
-    config.compile_unet = False  # torch.compile the UNet in each script (inductor; a warm on-disk cache compiles in ~10 s, a cold one in ~1 min)
+    config.compile_unet = False  # torch.compile the UNet in each script (fp32 only; a warm on-disk cache compiles in ~10 s, a cold one in ~1 min)
     config.process_timeout = 1800  # seconds a process of a launch waits for the others before the launch fails (a hung rank)
     config.keep_sample_files = "last"  # which complete stages keep sample.pkl, images.pt, images/, sample_stage.pkl: "all", "last" or "none"
     config.report_to = "tensorboard"  # trackers: "tensorboard" (if installed), "wandb", "tensorboard,wandb", "all", "none"

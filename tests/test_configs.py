@@ -68,12 +68,22 @@ def test_baseline_is_ddpo_style_with_the_same_image_budget():
     ("sample.eta", 0.0), ("num_branches", 0), ("sample.batch_size", 0), ("reward.name", "nope"),
     ("eval.selection", "nope"), ("eval.pos_threshold", -1.0), ("stages.split_step_max", 30),
     ("split_step", 0), ("mixed_precision", "fp8"), ("prompt_file", "config/prompt/missing.json"),
+    ("unet_attention", "flash"),
 ])
 def test_bad_values_are_user_errors_naming_the_key(key, value):
     config = tiny.get_config()
     group, _, name = key.rpartition(".")
     (config[group] if group else config)[name] = value
     with pytest.raises(UserError, match=key.split(".")[-1]):
+        check_config(config)
+
+
+def test_a_compiled_unet_is_refused_under_mixed_precision():
+    config = tiny.get_config()
+    config.compile_unet, config.mixed_precision = True, "no"
+    check_config(config)
+    config.mixed_precision = "bf16"
+    with pytest.raises(UserError, match="compile_unet"):
         check_config(config)
 
 

@@ -61,8 +61,9 @@ def set_unet_speed(unet, config) -> None:
     function as SDPA up to float rounding, and on a CPU under bf16 its backward is several
     times faster than the fused kernel's. Compiling (torch.compile, in place, static shapes)
     fuses the UNet's elementwise work; each new input shape or train/eval mode compiles anew,
-    and the sampled log-probs then differ from training's recomputation by float rounding
-    (under bf16 up to about 0.01, where the eager UNet repeats them bit for bit)."""
+    and the sampled log-probs then differ from training's recomputation by float rounding.
+    cli.check_config refuses it under mixed precision: compiled under bf16 autocast (torch
+    2.13, CPU), the LoRA's gradients came out wrong (docs/performance.md)."""
     if config.unet_attention not in ATTENTIONS:
         raise ValueError(f"unet_attention must be one of {ATTENTIONS}, got {config.unet_attention!r}")
     if config.unet_attention == "classic":
@@ -74,9 +75,8 @@ def set_unet_speed(unet, config) -> None:
 
         import torch._inductor.config
 
-        # Round to the low precision wherever eager would: otherwise the no-grad graph that
-        # samples and the gradient graph that trains fuse differently, and under bf16 the
-        # recomputed log-probs drift from the stored ones ten times further (docs/performance.md).
+        # Round to a low precision wherever eager would, so that the no-grad graph that samples
+        # and the gradient graph that trains round alike.
         torch._inductor.config.emulate_precision_casts = True
         # diffusers' upsampling calls an lru_cache'd version check that dynamo traces through: harmless
         warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru_cache`")
