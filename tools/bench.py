@@ -261,7 +261,7 @@ def bench_scripts(config, overrides: dict) -> dict:
 
 
 TODAY = {"mixed_precision": "no", "unet_attention": "sdpa", "compile_unet": False, "sample.merge_lora": True}  # the lab configs before issue 32
-# config/tiny.py's now; the LoRA is not merged while sampling, since merging it into bf16 weights
+# the fastest correct candidate (not the lab configs' default: docs/performance.md); the LoRA is not merged while sampling, since merging it into bf16 weights
 # moves the sampled log-probs by up to 0.06 from training's recomputation (unmerged: 0). Not
 # compiled: under bf16 autocast the compiled UNet's LoRA gradients were wrong (cli.check_config).
 FAST = {"mixed_precision": "bf16", "unet_attention": "classic", "compile_unet": False, "sample.merge_lora": False}
