@@ -55,6 +55,14 @@ def test_chunking_does_not_change_the_trajectories(tiny_config):
     torch.testing.assert_close(chunked["log_probs"], whole["log_probs"], rtol=1e-5, atol=1e-5)
 
 
+def _perturbed_lora(pipe, scale=0.05):
+    torch.manual_seed(0)
+    with torch.no_grad():  # a non-zero LoRA, so the adapter is part of the computation
+        for param in pipe.unet.parameters():
+            if param.requires_grad:
+                param.add_(scale * torch.randn_like(param))
+
+
 def _recompute(pipe, out, embeds, negative, rows, j):
     x, t = out["latents"][rows, j], out["timesteps"][rows, j]
     with torch.no_grad():
@@ -66,11 +74,7 @@ def _recompute(pipe, out, embeds, negative, rows, j):
 def test_recomputed_log_prob_under_unchanged_weights_gives_ratio_one(tiny_config):
     """What the trainer recomputes from the stored transition equals what the sampler stored."""
     pipe = load_pipeline(tiny_config, torch.device("cpu"))
-    torch.manual_seed(0)
-    with torch.no_grad():  # a non-zero LoRA, so the adapter is part of the computation
-        for param in pipe.unet.parameters():
-            if param.requires_grad:
-                param.add_(0.05 * torch.randn_like(param))
+    _perturbed_lora(pipe)
     out, embeds, negative = _sample(pipe, 6, 2, 3)
     embeds = embeds.repeat_interleave(3, dim=0)
     every = torch.arange(9)
@@ -94,14 +98,6 @@ def test_without_branches_the_sampler_is_the_diffusers_pipeline(tiny_model_dir, 
     torch.testing.assert_close(out["latents"][:, -1], expected, rtol=1e-4, atol=1e-4)
 
 
-def _perturbed_lora(pipe, scale=0.05):
-    torch.manual_seed(0)
-    with torch.no_grad():  # a non-zero LoRA, so the adapter is part of the computation
-        for param in pipe.unet.parameters():
-            if param.requires_grad:
-                param.add_(scale * torch.randn_like(param))
-
-
 def test_classic_attention_is_sdpa_up_to_float_rounding(tiny_config):
     sdpa = load_pipeline(tiny_config, torch.device("cpu"), with_lora=False).unet
     tiny_config.unet_attention = "classic"
@@ -114,10 +110,10 @@ def test_classic_attention_is_sdpa_up_to_float_rounding(tiny_config):
 
 
 def test_under_bf16_the_sampled_log_probs_are_what_training_recomputes(tiny_config):
-    """The lab configs' CPU settings (bf16 frozen models, classic attention, the LoRA left
+    """The faster CPU candidate (bf16 frozen models, classic attention, the LoRA left
     unmerged while sampling): training's recomputation, in train mode with gradients on and
     one sample a call, gives the stored log-probs back. Merged into bf16 weights, the LoRA's
-    rounding moves them, which is why those configs sample unmerged."""
+    rounding moves them, which is why the candidate samples unmerged."""
     tiny_config.mixed_precision, tiny_config.unet_attention = "bf16", "classic"
     pipe = load_pipeline(tiny_config, torch.device("cpu"))
     _perturbed_lora(pipe)

@@ -18,11 +18,9 @@ Every ratio is measured in this one run, against a reference measured right besi
   peak GPU memory on a GPU).
 - lab_stage_ratio: one stage of config/shapes_scale.py (run_sample.py, run_select.py and
   run_train.py as subprocesses, interpreter starts included, the evaluation apart) with the
-  lab configs' fast CPU settings (FAST: bf16 frozen models, classic attention, the LoRA
-  unmerged while sampling) over the same stage with the settings before them (TODAY: fp32,
-  SDPA, merged); same model, prompts and noise. Each side's seconds per script are printed;
-  where FAST compiles the UNet, its warm-up, which fills the compile cache, is reported apart
-  as lab_stage_fast_first_seconds.
+  fastest correct CPU candidate (FAST: bf16 frozen models, classic attention, the LoRA
+  unmerged while sampling) over the same stage with the lab configs' settings (TODAY: fp32,
+  SDPA, merged); same model, prompts and noise. Each side's seconds per script are printed.
   Before it, lab_logprob_*: the largest difference between the log-probs sampling stores and
   training's recomputation, and the spread of the PPO ratio before the first update, per
   precision (`--lab_batches 0` skips the stage; its log-prob figures are cheap).
@@ -236,9 +234,7 @@ def bench_scripts(config, overrides: dict) -> dict:
     from b2diffurl.stage.sample_file import load_samples
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    flags_ = ["--config", "config/tiny_random.py"]
-    for key, value in overrides.items():
-        flags_ += [f"--config.{key}={value}"] if isinstance(value, bool) else [f"--config.{key}", str(value)]
+    flags_ = _script_flags("config/tiny_random.py", overrides)
     figures = {}
     for script in ("run_sample.py", "run_select.py", "run_train.py"):
         result = subprocess.run([sys.executable, "-c", _PEAK_WRAPPER, script, *flags_], cwd=repo,
@@ -260,10 +256,11 @@ def bench_scripts(config, overrides: dict) -> dict:
     return figures
 
 
-TODAY = {"mixed_precision": "no", "unet_attention": "sdpa", "compile_unet": False, "sample.merge_lora": True}  # the lab configs before issue 32
-# the fastest correct candidate (not the lab configs' default: docs/performance.md); the LoRA is not merged while sampling, since merging it into bf16 weights
-# moves the sampled log-probs by up to 0.06 from training's recomputation (unmerged: 0). Not
-# compiled: under bf16 autocast the compiled UNet's LoRA gradients were wrong (cli.check_config).
+TODAY = {"mixed_precision": "no", "unet_attention": "sdpa", "compile_unet": False, "sample.merge_lora": True}  # the lab configs'
+# The fastest correct candidate (not the lab configs' default: docs/performance.md). The LoRA is
+# not merged while sampling: merged into bf16 weights it moves the sampled log-probs by up to 0.06
+# from training's recomputation (unmerged: 0). Not compiled: under bf16 autocast the compiled
+# UNet's LoRA gradients were wrong (cli.check_config).
 FAST = {"mixed_precision": "bf16", "unet_attention": "classic", "compile_unet": False, "sample.merge_lora": False}
 
 
@@ -300,16 +297,13 @@ def bench_lab_stage(out_dir: str, repeats: int, batches: int) -> dict:
                                          " ".join(f"{k} {v:.1f}s" for k, v in seconds.items()))
         return seconds
 
-    # a warm-up fills the compile cache where FAST compiles (a stage of TODAY has none)
-    first = {"fast": stage("fast", FAST, 0)} if FAST["compile_unet"] else {}
-    for i in range(1, repeats + 1):  # then alternating pairs
+    for i in range(1, repeats + 1):  # alternating pairs (no side compiles, so no warm-up)
         for side, settings in (("fast", FAST), ("today", TODAY)):
             runs[side].append(stage(side, settings, i))
     totals = {side: [sum(r.values()) for r in rs] for side, rs in runs.items()}
     ratios = [f / t for f, t in zip(totals["fast"], totals["today"])]
     figures = {"lab_stage_batches": batches, "lab_stage_images": batches * 8 * 8,
-               "lab_stage_ratio": statistics.median(ratios), "lab_stage_ratio_spread": max(ratios) - min(ratios),
-               **({"lab_stage_fast_first_seconds": sum(first["fast"].values())} if first else {})}
+               "lab_stage_ratio": statistics.median(ratios), "lab_stage_ratio_spread": max(ratios) - min(ratios)}
     for side in runs:
         figures[f"lab_stage_{side}_seconds"] = statistics.median(totals[side])
         for script in runs[side][0]:
@@ -320,7 +314,7 @@ def bench_lab_stage(out_dir: str, repeats: int, batches: int) -> dict:
 def bench_logprob_agreement(settings: dict, name: str) -> dict:
     """Sampling's stored log-probs against training's recomputation on the shapes model, with
     `settings`: one batch of 8 prompts x K = 8 (T = s = 10, a LoRA with random B, merged while
-    sampling as run_sample.py does), recomputed as run_train.py does (train mode, autocast,
+    sampling where sample.merge_lora, as run_sample.py does), recomputed as run_train.py does (train mode, autocast,
     gradients on, unmerged, in batches of train.batch_size, one step per call). Returns the
     largest |difference| and the spread (max - min) of exp(difference), the PPO ratio of the
     first update."""
@@ -416,7 +410,6 @@ if __name__ == "__main__":  # flags are defined only when run: profile_sampling.
     SCRIPTS = flags.DEFINE_bool("scripts", True, "also run the three scripts for their peak memory and the sample file")
     LAB_BATCHES = flags.DEFINE_integer("lab_batches", 48, "sampling batches (8 prompts x K = 8) of the lab stage; "
                                        "48 is config/shapes_scale.py's stage, 0 skips the stage, -1 also the log-probs")
-    LAB_REPEATS = flags.DEFINE_integer("lab_repeats", 3, "timed lab stages of each side, alternating, after a "
-                                       "warm-up of the fast side")
+    LAB_REPEATS = flags.DEFINE_integer("lab_repeats", 3, "timed lab stages of each side, alternating")
     PRECISION = flags.DEFINE_enum("mixed_precision", "no", ["no", "fp16", "bf16"], "dtype of the frozen models")
     app.run(main)
