@@ -1,24 +1,32 @@
-"""B2-DiffuRL against its shuffled-reward control and the DDPO-style baseline at the same number
-of sampled images, side by side, on paired held-out images.
+"""B2-DiffuRL, its ablations and the DDPO-style baseline, each against its own shuffled-reward
+control, side by side on paired held-out images.
 
-    python -m b2diffurl.analysis.compare --config config/shapes.py                      # seed 0
-    python -m b2diffurl.analysis.compare --config config/shapes.py --seeds 0,1,2 --config.stages.num_stages 8
-    python -m b2diffurl.analysis.compare --config config/shapes.py --methods b2diffurl  # one side now
+    python -m b2diffurl.analysis.compare --config config/shapes.py                      # every method, seed 0
+    python -m b2diffurl.analysis.compare --config config/shapes.py --methods b2diffurl,ddpo --seeds 0,1,2
+    python -m b2diffurl.analysis.compare --config config/shapes_ablation.py --study ablation  # the study's 18 runs
     python -m b2diffurl.analysis.compare --config config/shapes.py --methods ''         # table and plot only
 
-For every seed and method, runs `bash run_process.sh CONFIG` (with the --config.key overrides
-given) into {out}/{method}_seed{n}: `b2diffurl` as the config says; `control`, the same with
-each stage's rewards shuffled among its samples (reward.shuffle: what the update does to the
-model without signal); `ddpo`, the DDPO-style baseline (config/baseline.py's `ddpo_overrides`:
-K = 1, s = T, every sample trained, K times the sampling batches so that a stage samples as many
-images). Each evaluates on the held-out prompts after every eval.every stages, on the same
-noise as the base model, so that every evaluation pairs with the base image by image. Then it
-writes {out}/compare.json (every evaluation), {out}/results.json (one entry per run, its last
-evaluation against the base: success, paired gained/lost counts and McNemar's statistic, and
-the config), {out}/compare.md (the table) and {out}/compare.png. A finished run is not redone
-(run_process.sh continues where a run stopped), so rerunning the command with more seeds adds
-them. --keep DIR copies the record of the study (the comparison, every evaluation and stage
-log, each run's last checkpoint) to DIR, small enough to commit.
+The config is the full method (its interval schedule s_min -> s_max and its K); the others are
+derived from it (config/baseline.py's helpers): `b2diffurl` as the config says; `branch`, branch
+sampling only (s = T in every stage); `progressive`, backward progressive training only (K = 1,
+the same schedule, every sample trained with its per-prompt advantage, B x K prompts a sampling
+batch); `ddpo`, the DDPO-style baseline (K = 1, s = T, every sample, B x K prompts a batch). Every
+method also runs as `<method>_control`, the same with each stage's rewards shuffled among its
+samples (reward.shuffle: what the update does to the model without signal). All sample the same
+images a stage in batches of the same size.
+
+For every seed and run, `bash run_process.sh CONFIG` (with the --config.key overrides given) into
+{out}/{run}_seed{n}; each evaluates on the held-out prompts after every eval.every stages, on
+the same noise as the base model, so that every evaluation pairs with the base image by image
+and with every other run of the seed. A finished run's last LoRA is then evaluated once more, with
+its base, on a second, independent noise (seed + SECOND_NOISE) into {run}/evaluation_second_noise.json.
+Then it writes {out}/compare.json (every evaluation), {out}/results.json (one entry per run, its
+last evaluation against the base, its own control and the other methods: success, order
+accuracy, paired gained/lost counts and McNemar's statistic, both noises, the interval schedule
+and K), {out}/compare.md (the table) and {out}/compare.png. A finished run is not redone
+(run_process.sh continues where a run stopped), so rerunning the command adds what is missing.
+--keep DIR copies the record of the study (the comparison, every evaluation and stage log, each
+run's last checkpoint) to DIR, small enough to commit; copied back under --out, a run continues.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 from absl import flags
@@ -34,28 +43,58 @@ from b2diffurl import cli
 from b2diffurl.analysis.curves import read_evaluations
 from b2diffurl.analysis.metrics import mcnemar_chi2, paired_change
 from b2diffurl.errors import UserError
-from b2diffurl.files import REPO, atomic_write, atomic_write_json
+from b2diffurl.files import REPO, atomic_write, atomic_write_json, read_json
 from b2diffurl.method.selection import CONTRAST
 from b2diffurl.world.shapes import HELD_OUT_TWO_OBJECTS
 
-METHODS = ("b2diffurl", "control", "ddpo")
+METHODS = ("b2diffurl", "branch", "progressive", "ddpo")
+CONTROL = "_control"
+RUNS = tuple(method + suffix for method in METHODS for suffix in ("", CONTROL))
+RIVALS = {"b2diffurl": ("branch", "progressive", "ddpo"), "branch": ("ddpo",), "progressive": ("ddpo",)}
+# The ablation study, in the order that makes every partial table answer something: the full method
+# against DDPO with both controls first, then each half; three seeds for b2diffurl and ddpo (each
+# with its control), two for branch and progressive (with a control in seed 0).
+STUDIES = {"ablation": [(run, 0) for run in ("b2diffurl", "ddpo", "b2diffurl_control", "ddpo_control", "branch",
+                                              "progressive", "branch_control", "progressive_control")]
+           + [(run, 1) for run in ("b2diffurl", "ddpo", "b2diffurl_control", "ddpo_control", "branch", "progressive")]
+           + [(run, 2) for run in ("b2diffurl", "ddpo", "b2diffurl_control", "ddpo_control")]}
+SECOND_NOISE = 1000  # the second evaluation's seed: the run's seed + this
+SECOND_EVALUATION_FILE = "evaluation_second_noise.json"
 
 
-def run_overrides(config, method: str, seed: int, out: str) -> dict:
-    """What a run of `method` changes in the config: where it goes, its seed, an evaluation
-    after every stage, and for ddpo the baseline's settings."""
-    from config.baseline import ddpo_overrides
+def method_overrides(config, run: str) -> dict:
+    """What `run` (a method, or `<method>_control`) changes in the full method's config."""
+    from config.baseline import branch_at_x_T, ddpo_overrides, without_branches
 
-    changes = {"save_path": out, "exp_name": f"{method}_seed{seed}", "log_dir": os.path.join(out, "log"),
-               "seed": seed}
-    return {**changes, **{"ddpo": ddpo_overrides(config), "control": {"reward.shuffle": True}}.get(method, {})}
+    method = run.removesuffix(CONTROL)
+    changes = {"b2diffurl": {}, "branch": branch_at_x_T(config), "progressive": without_branches(config),
+               "ddpo": ddpo_overrides(config)}[method]
+    return {**changes, **({"reward.shuffle": True} if run.endswith(CONTROL) else {})}
 
 
-def run_config(config, method: str, seed: int, out: str):
+def run_overrides(config, run: str, seed: int, out: str) -> dict:
+    """What a run changes in the config: where it goes, its seed, and its method's settings."""
+    changes = {"save_path": out, "exp_name": f"{run}_seed{seed}", "log_dir": os.path.join(out, "log"), "seed": seed}
+    return {**changes, **method_overrides(config, run)}
+
+
+def run_config(config, run: str, seed: int, out: str):
     """The config of one run: `config` with run_overrides applied."""
     changed = config.copy_and_resolve_references()
-    changed.update_from_flattened_dict(run_overrides(config, method, seed, out))
+    changed.update_from_flattened_dict(run_overrides(config, run, seed, out))
     return changed
+
+
+def schedule(config) -> dict:
+    """What a run's results entry names its variant by: K, the split step s of every stage, the
+    images a sampling batch and a stage, and the selection."""
+    from b2diffurl.method.curriculum import split_step_for_stage
+
+    stages = config.stages
+    return {"num_branches": config.num_branches, "selection": config.eval.selection,
+            "split_steps": [split_step_for_stage(k, stages.num_stages, stages.split_step_min, stages.split_step_max)
+                            for k in range(stages.num_stages)],
+            "sampling_batch": config.sample.batch_size * config.num_branches, "images_per_stage": images_per_stage(config)}
 
 
 def images_per_stage(config) -> int:
@@ -93,35 +132,40 @@ def _outcome(result: dict) -> dict:
 
 
 def collect(out: str, config, seeds: list[int]) -> list[dict]:
-    """One row per (method, seed, evaluation) found under `out`: images sampled before it,
-    held-out two-object success, failure modes, order accuracy and diversity, the paired counts
-    against the base and, where the run of the same seed was evaluated after as many stages,
-    against the control (for b2diffurl and ddpo) and against ddpo (for b2diffurl)."""
+    """One row per (run, seed, evaluation) found under `out`: images sampled before it, held-out
+    two-object success, failure modes, order accuracy and diversity, the paired counts against the
+    base and, where the other run of the same seed was evaluated after as many stages, against the
+    run's own control and its rivals (RIVALS: b2diffurl against each ablation and ddpo, each
+    ablation against ddpo)."""
     rows = []
     evaluated = {}
-    for method in METHODS:
+    for run in RUNS:
         for seed in seeds:
-            run = run_config(config, method, seed, out)
-            per_stage = images_per_stage(run)
-            evaluations, base = read_evaluations(os.path.join(out, run.exp_name), [])
+            changed = run_config(config, run, seed, out)
+            per_stage = images_per_stage(changed)
+            evaluations, base = read_evaluations(os.path.join(out, changed.exp_name), [])
             points = ([(0, base)] if base else []) + [(stage + 1, result) for stage, result in evaluations]
             for stages_done, result in points:
-                evaluated[method, seed, stages_done] = result
-                success = result.get("success", {}).get(HELD_OUT_TWO_OBJECTS, {})
-                rows.append({"method": method, "seed": seed, "stages": stages_done, **_paired(base, result),
-                             "images": stages_done * per_stage, "success_rate": success.get("success_rate"),
-                             "ci95_low": success.get("ci95_low"), "ci95_high": success.get("ci95_high"),
-                             "num_images": success.get("num_images"),
+                evaluated[run, seed, stages_done] = result
+                rows.append({"method": run, "seed": seed, "stages": stages_done, **_paired(base, result),
+                             "images": stages_done * per_stage, **_success(result),
                              "diversity": result.get("diversity_all", float("nan")),
                              "reward_mean": result.get("reward_mean"), **_outcome(result)})
     for row in rows:
-        for other, methods in (("control", ("b2diffurl", "ddpo")), ("ddpo", ("b2diffurl",))):
+        run = row["method"]
+        for other in ((run + CONTROL,) + RIVALS.get(run, ()) if not run.endswith(CONTROL) else ()):
             theirs = evaluated.get((other, row["seed"], row["stages"]))
-            if row["method"] in methods and row["stages"] > 0 and theirs:
-                against = _paired(theirs, evaluated[row["method"], row["seed"], row["stages"]])
-                row.update({f"{key}_vs_{other}": value for key, value in against.items()
-                            if key in ("gained", "lost", "mcnemar_chi2")})
+            if row["stages"] > 0 and theirs:
+                name = "control" if other == run + CONTROL else other
+                row.update({f"{key}_vs_{name}": value for key, value in _paired(theirs, evaluated[
+                    run, row["seed"], row["stages"]]).items() if key in ("gained", "lost", "mcnemar_chi2")})
     return rows
+
+
+def _success(result: dict) -> dict:
+    success = result.get("success", {}).get(HELD_OUT_TWO_OBJECTS, {})
+    return {"success_rate": success.get("success_rate"), "ci95_low": success.get("ci95_low"),
+            "ci95_high": success.get("ci95_high"), "num_images": success.get("num_images")}
 
 
 def _paired(base: dict | None, result: dict) -> dict:
@@ -135,47 +179,77 @@ def _paired(base: dict | None, result: dict) -> dict:
     return paired_change(np.asarray(base["scores"])[rows], np.asarray(result["scores"])[rows])
 
 
+def second_noise(out: str, config, run: str, seed: int) -> dict:
+    """A run's last LoRA and its base on the second noise (SECOND_EVALUATION_FILE), and the same of
+    its own control where it exists: success, order accuracy, gained/lost against the base and
+    against the control. {} where the file is missing."""
+    def read(name):
+        path = os.path.join(out, run_config(config, name, seed, out).exp_name, SECOND_EVALUATION_FILE)
+        return read_json(path)["results"] if os.path.exists(path) else None
+
+    mine = read(run)
+    if not mine:
+        return {}
+    entry = {"seed": seed + SECOND_NOISE, "base_success": _success(mine["base"])["success_rate"],
+             **{key: value for key, value in _success(mine["lora"]).items() if key != "success_rate"},
+             "final_success": _success(mine["lora"])["success_rate"], **_paired(mine["base"], mine["lora"]),
+             **{f"{when}_order_accuracy": _outcome(mine[key]).get("order_accuracy") for when, key in
+                (("base", "base"), ("final", "lora"))}}
+    control = read(run + CONTROL) if not run.endswith(CONTROL) else None
+    if control:
+        entry.update({f"{key}_vs_control": value for key, value in _paired(control["lora"], mine["lora"]).items()
+                      if key in ("gained", "lost", "mcnemar_chi2")})
+    return entry
+
+
 def results(rows: list[dict], configs: dict[tuple[str, int], dict],
-            logs: dict[tuple[str, int], list[dict]] | None = None) -> dict:
-    """One entry per run: its last evaluation against the base, the control and ddpo (held-out
-    two-object success, failure modes, order accuracy), and from its training log (`logs`, per
-    run: training_log's rows) the success of every stage's samples, what the selection kept and
-    the seconds spent (the format: docs/shapes-results.md)."""
+            logs: dict[tuple[str, int], list[dict]] | None = None,
+            second: dict[tuple[str, int], dict] | None = None) -> dict:
+    """One entry per run: its last evaluation against the base, its own control and its rivals
+    (held-out two-object success, failure modes, order accuracy), the same on the second noise
+    (`second`, per run: second_noise's entry), and from its training log (`logs`, per run:
+    training_log's rows) the success of every stage's samples, what the selection kept and the
+    seconds spent (the format: docs/shapes-results.md). `configs` per run: its config file,
+    overrides and schedule."""
     runs = []
-    for (method, seed), config in configs.items():
-        mine = sorted((r for r in rows if (r["method"], r["seed"]) == (method, seed)), key=lambda r: r["stages"])
+    for (run, seed), config in configs.items():
+        mine = sorted((r for r in rows if (r["method"], r["seed"]) == (run, seed)), key=lambda r: r["stages"])
         if len(mine) < 2 or mine[0]["stages"] != 0:
             continue
         base, last = mine[0], mine[-1]
-        run = {"method": "ddpo" if method == "ddpo" else "b2diffurl", "seed": seed,
-               "control": method == "control", "images": last["images"], "stages": last["stages"],
-               "base_success": base["success_rate"], "final_success": last["success_rate"],
-               "n": last["num_images"], "gained": last.get("gained"), "lost": last.get("lost"),
-               "mcnemar_chi2": last.get("mcnemar_chi2"),
-               **{f"{key}_vs_{other}": last[f"{key}_vs_{other}"] for other in ("control", "ddpo")
-                  for key in ("gained", "lost", "mcnemar_chi2") if f"{key}_vs_{other}" in last},
-               **{f"{when}_{key}": row[key] for when, row in (("base", base), ("final", last))
-                  for key in ("order_accuracy", "modes", "diversity") if key in row}}
-        log = [r for r in (logs or {}).get((method, seed), []) if r["stage"] < last["stages"]]
+        entry = {"method": run.removesuffix(CONTROL), "seed": seed, "control": run.endswith(CONTROL),
+                 "images": last["images"], "stages": last["stages"],
+                 "base_success": base["success_rate"], "final_success": last["success_rate"],
+                 "ci95_low": last["ci95_low"], "ci95_high": last["ci95_high"],
+                 "n": last["num_images"], "gained": last.get("gained"), "lost": last.get("lost"),
+                 "mcnemar_chi2": last.get("mcnemar_chi2"),
+                 **{key: value for key, value in last.items() if "_vs_" in key},
+                 **{f"{when}_{key}": row[key] for when, row in (("base", base), ("final", last))
+                    for key in ("order_accuracy", "order_right", "order_of", "modes", "diversity") if key in row}}
+        log = [r for r in (logs or {}).get((run, seed), []) if r["stage"] < last["stages"]]
         if log:
-            run.update(train_success=[r.get("train_success") for r in log],
-                       selected_positive=sum(r.get("positive") or 0 for r in log),
-                       selected_negative=sum(r.get("negative") or 0 for r in log),
-                       **{key: sum(r.get(key) or 0 for r in log) for key in CONTRAST},
-                       sampling_seconds=round(sum(r.get("sampling_seconds") or 0 for r in log), 1),
-                       training_seconds=round(sum(r.get("training_seconds") or 0 for r in log), 1))
-        runs.append({**run, "config": config})
+            entry.update(train_success=[r.get("train_success") for r in log],
+                         selected_positive=sum(r.get("positive") or 0 for r in log),
+                         selected_negative=sum(r.get("negative") or 0 for r in log),
+                         **{key: sum(r.get(key) or 0 for r in log) for key in CONTRAST},
+                         sampling_seconds=round(sum(r.get("sampling_seconds") or 0 for r in log), 1),
+                         training_seconds=round(sum(r.get("training_seconds") or 0 for r in log), 1))
+        if (second or {}).get((run, seed)):
+            entry["second_noise"] = second[run, seed]
+        runs.append({**entry, **{k: v for k, v in config.items() if k in ("num_branches", "split_steps",
+                                                                          "selection", "sampling_batch")},
+                     "config": {k: v for k, v in config.items() if k in ("file", "overrides")}})
     return {"runs": runs}
 
 
 def table(rows: list[dict]) -> str:
-    """Markdown: per method and number of images, mean over seeds of success, order accuracy and
-    diversity, and the paired gained/lost counts against the base, the control and ddpo (each
-    summed over seeds) with McNemar's statistic."""
-    lines = ["| method | stages | images sampled | seeds | held-out two-object success | 95% interval (one seed) "
+    """Markdown: per run and number of images, mean over seeds of success, order accuracy and
+    diversity, and the paired gained/lost counts against the base, the run's own control and
+    ddpo (each summed over seeds) with McNemar's statistic."""
+    lines = ["| run | stages | images sampled | seeds | held-out two-object success | 95% interval (one seed) "
              "| order accuracy | gained / lost vs base | McNemar χ² | vs control | χ² | vs ddpo | χ² | diversity |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for method in METHODS:
+    for method in RUNS:
         for stages in sorted({r["stages"] for r in rows if r["method"] == method}):
             group = [r for r in rows
                      if r["method"] == method and r["stages"] == stages and r["success_rate"] is not None]
@@ -201,7 +275,7 @@ def table(rows: list[dict]) -> str:
 def plot(rows: list[dict], path: str, logs: dict[tuple[str, int], list[dict]] | None = None) -> None:
     """Against images sampled: held-out success, order accuracy, the success of each stage's own
     samples on the training captions (from `logs`, training_log's rows per run) and diversity;
-    every seed thin, the mean over seeds bold."""
+    every seed thin, the mean over seeds bold, a method's colour dashed for its control."""
     from b2diffurl.analysis.curves import agg_figure
 
     fig = agg_figure(figsize=(11, 8), layout="constrained")
@@ -210,7 +284,8 @@ def plot(rows: list[dict], path: str, logs: dict[tuple[str, int], list[dict]] | 
                 for (method, seed), log in (logs or {}).items() for r in log if r.get("train_success") is not None]
     panels = ((axes[0], rows, "success_rate"), (axes[1], rows, "order_accuracy"),
               (axes[2], training, "train_success"), (axes[3], rows, "diversity"))
-    for colour, method in zip(("C0", "C7", "C3"), METHODS):
+    for method in RUNS:
+        colour, style = f"C{METHODS.index(method.removesuffix(CONTROL))}", "--" if method.endswith(CONTROL) else "-"
         for ax, source, field in panels:
             mine = [r for r in source if r["method"] == method and r.get(field) is not None]
             if not mine:
@@ -218,12 +293,13 @@ def plot(rows: list[dict], path: str, logs: dict[tuple[str, int], list[dict]] | 
             images = sorted({r["images"] for r in mine})
             for seed in sorted({r["seed"] for r in mine}):
                 seed_rows = sorted((r for r in mine if r["seed"] == seed), key=lambda r: r["images"])
-                ax.plot([r["images"] for r in seed_rows], [r[field] for r in seed_rows], color=colour, alpha=0.3, lw=1)
+                ax.plot([r["images"] for r in seed_rows], [r[field] for r in seed_rows], style, color=colour,
+                        alpha=0.3, lw=1)
             means = [np.mean([r[field] for r in mine if r["images"] == n]) for n in images]
-            ax.plot(images, means, "o-", color=colour, lw=2, label=method)
+            ax.plot(images, means, "o" + style, color=colour, lw=2, label=method)
         single = sorted((r for r in rows if r["method"] == method and r["success_rate"] is not None
                          and r["seed"] == min(x["seed"] for x in rows)), key=lambda r: r["images"])
-        if single:
+        if single and not method.endswith(CONTROL):
             axes[0].fill_between([r["images"] for r in single], [r["ci95_low"] for r in single],
                                  [r["ci95_high"] for r in single], color=colour, alpha=0.1)
     axes[0].set_title("held-out two-object success (shaded: 95% interval, first seed)")
@@ -254,7 +330,7 @@ def keep(out: str, dest: str) -> list[str]:
         stages = stage_dirs(os.path.join(out, run))
         if not stages:
             continue
-        wanted += [os.path.join(run, name) for name in (RUN_CONFIG_FILE, BASE_EVALUATION_FILE)]
+        wanted += [os.path.join(run, name) for name in (RUN_CONFIG_FILE, BASE_EVALUATION_FILE, SECOND_EVALUATION_FILE)]
         for _, folder in stages:
             wanted += [os.path.join(run, os.path.basename(folder), name)
                        for name in (EVALUATION_FILE, METRICS_FILE, COMPLETE_FILE)]
@@ -274,44 +350,92 @@ def keep(out: str, dest: str) -> list[str]:
     return copied
 
 
-def compare(config, config_file: str, overrides: dict, out: str, seeds: list[int], methods: list[str]) -> str:
-    """Run `methods` for every seed (each `bash run_process.sh config_file` with `overrides` and
-    the method's own), then write compare.json, results.json, compare.md and compare.png to
-    `out`; returns the table."""
-    unknown = set(methods) - set(METHODS)
+def evaluate_on_second_noise(config, config_file: str, changes: dict, out: str) -> None:
+    """A finished run's last LoRA and its base, once, on the second noise (seed + SECOND_NOISE)."""
+    from b2diffurl.stage.paths import StagePaths
+
+    last = StagePaths.of(config, config.stages.num_stages - 1)
+    path = os.path.join(out, config.exp_name, SECOND_EVALUATION_FILE)
+    if os.path.exists(path) or not last.is_complete():
+        return
+    command = [sys.executable, "-m", "b2diffurl.analysis.evaluate", f"--config={config_file}",
+               *(f"--config.{key}={value}" for key, value in {**changes, "seed": config.seed + SECOND_NOISE}.items()),
+               f"--lora={last.checkpoint}", f"--out={path}"]
+    print(f"=== compare: second noise: {' '.join(command)}", flush=True)
+    subprocess.run(command, check=True, cwd=REPO)
+
+
+def compare(config, config_file: str, overrides: dict, out: str, plan: list[tuple[str, int]],
+            kept: str = "") -> str:
+    """Make every (run, seed) of `plan` in order (each `bash run_process.sh config_file` with
+    `overrides` and the run's own, then its second-noise evaluation), and after each, and once at
+    the end, write the report of every run found in `out` (report) and copy the record to `kept`
+    if given (keep); returns the table."""
+    unknown = {run for run, _ in plan} - set(RUNS)
     if unknown:
-        raise UserError(f"--methods takes {', '.join(METHODS)}, got {', '.join(sorted(unknown))}")
-    for seed in seeds:
-        for method in methods:
-            changes = {**overrides, **run_overrides(config, method, seed, out)}
-            command = ["bash", os.path.join(REPO, "run_process.sh"), config_file]
-            command += [f"--config.{key}={value}" for key, value in changes.items()]
-            print(f"=== compare: {method}, seed {seed}: {' '.join(command)}", flush=True)
-            subprocess.run(command, check=True, cwd=REPO)
+        raise UserError(f"--methods takes {', '.join(RUNS)}, got {', '.join(sorted(unknown))}")
+    for run, seed in plan:
+        changes = {**overrides, **run_overrides(config, run, seed, out)}
+        command = ["bash", os.path.join(REPO, "run_process.sh"), config_file]
+        command += [f"--config.{key}={value}" for key, value in changes.items()]
+        print(f"=== compare: {run}, seed {seed}: {' '.join(command)}", flush=True)
+        subprocess.run(command, check=True, cwd=REPO)
+        evaluate_on_second_noise(run_config(config, run, seed, out), config_file, changes, out)
+        report(config, config_file, overrides, out, kept)
+    return report(config, config_file, overrides, out, kept)
+
+
+def report(config, config_file: str, overrides: dict, out: str, kept: str = "") -> str:
+    """compare.json, results.json, compare.md and compare.png in `out` from every run found there,
+    and the record copied to `kept` if given; returns the table."""
+    seeds = found_seeds(out)
     rows = collect(out, config, seeds)
-    logs = {(method, seed): training_log(os.path.join(out, (run := run_config(config, method, seed, out)).exp_name),
-                                         images_per_stage(run))
-            for method in METHODS for seed in seeds}
+    logs = {(run, seed): training_log(os.path.join(out, (changed := run_config(config, run, seed, out)).exp_name),
+                                      images_per_stage(changed))
+            for run in RUNS for seed in seeds}
     atomic_write_json({"config": config_file, "overrides": overrides, "seeds": seeds, "rows": rows,
-                       "training": {f"{method}_seed{seed}": log for (method, seed), log in logs.items()}},
+                       "training": {f"{run}_seed{seed}": log for (run, seed), log in logs.items() if log}},
                       os.path.join(out, "compare.json"))
-    configs = {(method, seed): {"file": config_file, "overrides": {**overrides, **run_overrides(config, method, seed, out)}}
-               for method in METHODS for seed in seeds}
-    atomic_write_json(results(rows, configs, logs), os.path.join(out, "results.json"))
+    configs = {(run, seed): {"file": config_file, "overrides": {**overrides, **run_overrides(config, run, seed, out)},
+                             **schedule(run_config(config, run, seed, out))}
+               for run in RUNS for seed in seeds}
+    second = {(run, seed): second_noise(out, config, run, seed) for run in RUNS for seed in seeds}
+    atomic_write_json(results(rows, configs, logs, second), os.path.join(out, "results.json"))
     text = table(rows)
     atomic_write(os.path.join(out, "compare.md"), lambda f: f.write(text.encode() + b"\n"))
     print(text)
     plot(rows, os.path.join(out, "compare.png"), logs)  # needs matplotlib: one line and exit code 2 without it
     print(f"wrote {os.path.join(out, 'compare.md')} and compare.png")
+    if kept:
+        print(f"kept {len(keep(out, kept))} files in {kept}")
     return text
 
 
+def found_seeds(out: str) -> list[int]:
+    """The seeds of the run folders under `out` ({run}_seed{n})."""
+    names = os.listdir(out) if os.path.isdir(out) else []
+    return sorted({int(name.rsplit("_seed", 1)[1]) for name in names
+                   if "_seed" in name and name.rsplit("_seed", 1)[1].isdigit() and name.rsplit("_seed", 1)[0] in RUNS})
+
+
+def plan_of(study: str, methods: list[str], seeds: list[int]) -> list[tuple[str, int]]:
+    """The (run, seed) pairs to make, in order: a named study's, or every method for every seed."""
+    if study:
+        if study not in STUDIES:
+            raise UserError(f"--study takes {', '.join(STUDIES)}, got {study}")
+        return list(STUDIES[study])
+    return [(run, seed) for seed in seeds for run in methods if run]
+
+
 FLAGS = cli.flag_values()
-SEEDS = flags.DEFINE_list("seeds", ["0"], "seeds; each runs both methods", flag_values=FLAGS)
+SEEDS = flags.DEFINE_list("seeds", ["0"], "seeds; each runs every one of --methods", flag_values=FLAGS)
 OUT = flags.DEFINE_string("out", "model/compare", "folder of the runs and the comparison", flag_values=FLAGS)
-RUN = flags.DEFINE_list("methods", list(METHODS),
-                        "which runs to make now ('' for none); the table holds every evaluation found", flag_values=FLAGS)
-KEEP = flags.DEFINE_string("keep", "", "also copy the study's record (compare.keep) to this folder, to commit",
+RUN = flags.DEFINE_list("methods", list(RUNS),
+                        "which runs to make now (methods and <method>_control; '' for none); the table holds every "
+                        "evaluation found", flag_values=FLAGS)
+STUDY = flags.DEFINE_string("study", "", f"make a named study's runs instead ({', '.join(STUDIES)})", flag_values=FLAGS)
+KEEP = flags.DEFINE_string("keep", "", "after every run, also copy the study's record (compare.keep) to this folder, to "
+                           "commit",
                            flag_values=FLAGS)
 
 
@@ -321,9 +445,8 @@ def main(argv: list[str] | None = None) -> None:
     def body(config):
         config_file = config_flags.get_config_filename(FLAGS["config"])
         overrides = config_flags.get_override_values(FLAGS["config"])
-        compare(config, config_file, overrides, OUT.value, [int(s) for s in SEEDS.value], RUN.value)
-        if KEEP.value:
-            print(f"kept {len(keep(OUT.value, KEEP.value))} files in {KEEP.value}")
+        plan = plan_of(STUDY.value, RUN.value, [int(s) for s in SEEDS.value])
+        compare(config, config_file, overrides, OUT.value, plan, KEEP.value)
 
     cli.run(FLAGS, body, argv, continues_run=False)
 
