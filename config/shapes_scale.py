@@ -11,7 +11,7 @@ runs went to 17 stages, 52,224 images). Held-out evaluation every 3 stages, 4 im
 (1,248 held-out two-object images, 95% interval about +-0.025), on the same noise as the base.
 
     python -m b2diffurl.analysis.compare --config config/shapes_scale.py --out model/scale \
-        --methods b2diffurl,control,ddpo --seeds 0,1 --keep docs/results/shapes_scale
+        --methods b2diffurl,b2diffurl_control,ddpo --seeds 0,1 --keep docs/results/shapes_scale
 """
 
 from config import shapes

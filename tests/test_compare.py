@@ -10,18 +10,42 @@ from b2diffurl.world.shapes import HELD_OUT_TWO_OBJECTS
 from config import baseline, shapes
 
 
-def test_the_ddpo_baseline_samples_as_many_images_a_stage_without_branches():
+def test_the_ddpo_baseline_samples_as_many_images_a_stage_in_batches_as_large_without_branches():
     config = shapes.get_config()
     ddpo = shapes.get_config()
     ddpo.update_from_flattened_dict(baseline.ddpo_overrides(config))
     assert compare.images_per_stage(ddpo) == compare.images_per_stage(config) > 0
+    assert ddpo.sample.batch_size * ddpo.num_branches == config.sample.batch_size * config.num_branches
     assert ddpo.num_branches == 1 and ddpo.eval.selection == "all" and config.num_branches > 1
     assert ddpo.stages.split_step_min == ddpo.stages.split_step_max == config.sample.num_steps
     overrides = compare.run_overrides(config, "ddpo", 3, "out")
     assert overrides["exp_name"] == "ddpo_seed3" and overrides["seed"] == 3
     assert "num_branches" not in compare.run_overrides(config, "b2diffurl", 3, "out")
-    control = compare.run_overrides(config, "control", 3, "out")
-    assert control["reward.shuffle"] is True and control["exp_name"] == "control_seed3" and "num_branches" not in control
+    control = compare.run_overrides(config, "b2diffurl_control", 3, "out")
+    assert control["reward.shuffle"] is True and control["exp_name"] == "b2diffurl_control_seed3"
+    assert "num_branches" not in control
+
+
+def test_each_ablation_removes_one_half_of_the_full_method():
+    from config import shapes_ablation
+
+    config = shapes_ablation.get_config()
+    full = compare.schedule(compare.run_config(config, "b2diffurl", 0, "out"))
+    assert full["split_steps"] == [7, 7, 7, 8, 8, 9, 9, 10, 10] and full["num_branches"] == 8
+    branch = compare.schedule(compare.run_config(config, "branch", 0, "out"))
+    assert branch["split_steps"] == [10] * 9 and branch["num_branches"] == 8 and branch["selection"] == "best_worst"
+    progressive = compare.schedule(compare.run_config(config, "progressive_control", 0, "out"))
+    assert progressive["split_steps"] == full["split_steps"] and progressive["num_branches"] == 1
+    assert progressive["selection"] == "all"
+    ddpo = compare.schedule(compare.run_config(config, "ddpo", 0, "out"))
+    assert ddpo["split_steps"] == [10] * 9 and ddpo["num_branches"] == 1
+    for entry in (branch, progressive, ddpo):  # the same images a stage, in sampling batches as large
+        assert (entry["images_per_stage"], entry["sampling_batch"]) == (full["images_per_stage"], full["sampling_batch"])
+    study = compare.STUDIES["ablation"]
+    assert study[:2] == [("b2diffurl", 0), ("ddpo", 0)] and len(set(study)) == len(study) == 18
+    assert {seed for run, seed in study if run == "ddpo_control"} == {0, 1, 2}
+    assert {seed for run, seed in study if run == "branch"} == {0, 1} and ("progressive_control", 0) in study
+    assert compare.plan_of("", ["ddpo", "branch"], [0, 1]) == [("ddpo", 0), ("branch", 0), ("ddpo", 1), ("branch", 1)]
 
 
 def _evaluation(path, key, rate, diversity):
@@ -77,8 +101,8 @@ def test_paired_counts_against_the_base_and_the_results_file(tmp_path):
                                          "prompts": prompts, "scores": scores}}}, f)
 
     outcomes = {HELD_OUT_TWO_OBJECTS: {"order_accuracy": 0.5, "order_right": 1, "order_of": 2, "modes": {}}}
-    for method, after in (("b2diffurl", [1.0, 1.0, 0.0, 0.0]), ("control", [1.0, 0.0, 0.0, 1.0]),
-                          ("ddpo", [0.0, 1.0, 1.0, 0.0])):
+    for method, after in (("b2diffurl", [1.0, 1.0, 0.0, 0.0]), ("b2diffurl_control", [1.0, 0.0, 0.0, 1.0]),
+                          ("ddpo", [0.0, 1.0, 1.0, 0.0]), ("ddpo_control", [0.0, 0.0, 1.0, 0.0])):
         run = os.path.join(str(tmp_path), f"{method}_seed0")
         write(os.path.join(run, "evaluation_base.json"), "base", [0.0, 0.0, 1.0, 1.0])
         write(os.path.join(run, "stage0", "evaluation.json"), "lora", after)
@@ -92,15 +116,35 @@ def test_paired_counts_against_the_base_and_the_results_file(tmp_path):
     last = {r["method"]: r for r in rows if r["stages"] == 1}
     # the one-object caption (right before, wrong after) is not a held-out two-object image
     assert (last["b2diffurl"]["gained"], last["b2diffurl"]["lost"]) == (2, 1)
-    assert (last["control"]["gained"], last["control"]["lost"]) == (1, 1)
+    assert (last["b2diffurl_control"]["gained"], last["b2diffurl_control"]["lost"]) == (1, 1)
     # against the control's images on the same noise: one right only after training, none only after the control
     assert (last["b2diffurl"]["gained_vs_control"], last["b2diffurl"]["lost_vs_control"]) == (1, 0)
-    assert "gained_vs_control" not in last["control"]
+    assert "gained_vs_control" not in last["b2diffurl_control"]
     # against ddpo's: the first image right only after b2diffurl, the third only after ddpo
     assert (last["b2diffurl"]["gained_vs_ddpo"], last["b2diffurl"]["lost_vs_ddpo"]) == (1, 1)
-    assert (last["ddpo"]["gained_vs_control"], last["ddpo"]["lost_vs_control"]) == (2, 1)
-    assert "gained_vs_ddpo" not in last["ddpo"] and "gained_vs_ddpo" not in last["control"]
+    # each method against its own control: ddpo's against ddpo_control's
+    assert (last["ddpo"]["gained_vs_control"], last["ddpo"]["lost_vs_control"]) == (1, 0)
+    assert "gained_vs_ddpo" not in last["ddpo"] and "gained_vs_ddpo" not in last["b2diffurl_control"]
     assert "| b2diffurl | 1 |" in compare.table(rows) and "| 2 / 1 | 0.33 | 1 / 0 | 1.00 | 1 / 1 | 0.00 |" in compare.table(rows)
+
+    def second(run, base_scores, lora_scores):  # evaluate --lora --out: base and LoRA on the second noise
+        write(os.path.join(str(tmp_path), f"{run}_seed0", compare.SECOND_EVALUATION_FILE), "base", base_scores)
+        path = os.path.join(str(tmp_path), f"{run}_seed0", compare.SECOND_EVALUATION_FILE)
+        with open(path) as f:
+            content = json.load(f)
+        write(path, "lora", lora_scores)
+        with open(path) as f:
+            content["results"]["lora"] = json.load(f)["results"]["lora"]
+        with open(path, "w") as f:
+            json.dump(content, f)
+
+    assert compare.second_noise(str(tmp_path), config, "b2diffurl", 0) == {}
+    second("b2diffurl", [0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0])
+    second("b2diffurl_control", [0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0])
+    entry = compare.second_noise(str(tmp_path), config, "b2diffurl", 0)
+    assert entry["seed"] == compare.SECOND_NOISE and (entry["base_success"], entry["final_success"]) == (0.0, 1.0)
+    assert (entry["gained"], entry["lost"], entry["gained_vs_control"], entry["lost_vs_control"]) == (3, 0, 2, 0)
+    assert "gained_vs_control" not in compare.second_noise(str(tmp_path), config, "b2diffurl_control", 0)
 
     per_stage = compare.images_per_stage(config)
     stage0 = os.path.join(str(tmp_path), "b2diffurl_seed0", "stage0")
@@ -115,9 +159,13 @@ def test_paired_counts_against_the_base_and_the_results_file(tmp_path):
                       "positive": 2, "negative": 1, "training_seconds": 5.0,
                       **dict.fromkeys(compare.CONTRAST), "contrast_positive_only": 1}
 
-    configs = {(m, 0): {"overrides": {"method": m}} for m in compare.METHODS}
-    runs = compare.results(rows, configs, {("b2diffurl", 0): log})["runs"]
-    assert [(r["method"], r["control"]) for r in runs] == [("b2diffurl", False), ("b2diffurl", True), ("ddpo", False)]
+    configs = {(m, 0): {"overrides": {"method": m}, "num_branches": 3, "split_steps": [9]} for m in compare.RUNS}
+    second = {("b2diffurl", 0): {"final_success": 0.5}}
+    runs = compare.results(rows, configs, {("b2diffurl", 0): log}, second)["runs"]
+    assert [(r["method"], r["control"]) for r in runs] == [("b2diffurl", False), ("b2diffurl", True), ("ddpo", False),
+                                                           ("ddpo", True)]
+    assert runs[0]["second_noise"] == {"final_success": 0.5} and "second_noise" not in runs[1]
+    assert (runs[0]["num_branches"], runs[0]["split_steps"]) == (3, [9])
     first = runs[0]
     assert (first["base_success"], first["final_success"], first["n"], first["gained"], first["lost"]) == (
         pytest.approx(1 / 3), pytest.approx(2 / 3), 3, 2, 1)
