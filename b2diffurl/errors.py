@@ -37,12 +37,17 @@ class RunLockedError(RuntimeError):
     """Another process holds the run folder's lock."""
 
 
+class UnsharedFolderError(RuntimeError):
+    """The processes of one launch (the nodes of a cluster job) do not see the same run folder."""
+
+
 class Terminated(BaseException):
     """SIGTERM arrived (pre-emption, scancel): unwind, removing partial files, then exit 143."""
 
 
 EXIT_CODES = {UserError: 2, SampleFileError: 2, NonFiniteWeightsError: 1, UntrainedStageError: 1,
-              DiskSpaceError: 3, RewardError: 4, RunLockedError: 5}
+              DiskSpaceError: 3, RewardError: 4, RunLockedError: 5,
+              UnsharedFolderError: 6}
 SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a process that SIGTERM ended
 
 

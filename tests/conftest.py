@@ -3,6 +3,8 @@
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+for _name in ("B2DIFFURL_JOB_ID", "SLURM_JOB_ID", "MACHINE_RANK"):  # run inside a Slurm job, the tests still
+    os.environ.pop(_name, None)  # see one run per folder (b2diffurl.stage.lock) and one machine
 
 import pytest  # noqa: E402
 

@@ -135,3 +135,98 @@ def test_a_dead_rank_ends_the_launch_and_the_rerun_completes(tiny_config, tmp_pa
     assert result.returncode == 0 and "continuing at stage 1" in result.stdout, result.stderr[-3000:]
     assert "interrupted; clearing" in result.stdout  # the dead attempt's shards are gone, not mixed in
     assert len(load_samples(stage1.samples.replace("sample.pkl", "sample.0-of-2.pkl"))["prompts"]) == 16
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _machines(tiny_config, out: str, job: str, save_paths: tuple[str, str]) -> list[subprocess.Popen]:
+    """Two "machines" on this host, as on a cluster: one run_process.sh per machine rank, each with
+    accelerate's multi-machine launch (one process a machine, gloo over the loopback address), the
+    same job identity and (unless `save_paths` differ) one run folder."""
+    port = _free_port()
+    processes = []
+    for rank, save_path in enumerate(save_paths):
+        launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                  "--num_machines", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
+                  "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no"]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MACHINE_RANK": str(rank),
+               "B2DIFFURL_JOB_ID": job, "LAUNCH": " ".join(launch)}
+        flags = _loop_flags(tiny_config, save_path, os.path.join(out, "log"))
+        processes.append(subprocess.Popen(["bash", "run_process.sh", *flags], cwd=REPO, env=env, text=True,
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    return processes
+
+
+def _loop_flags(tiny_config, save_path: str, log_dir: str) -> list[str]:
+    return ["config/tiny_random.py", "--config.pretrained.model", tiny_config.pretrained.model,
+            "--config.pretrained.build_tiny=False", "--config.save_path", save_path, "--config.log_dir", log_dir,
+            "--config.stages.num_stages", "2", "--config.sample.save_png=False", "--config.report_to=none",
+            "--config.eval.every", "2", "--config.eval.max_prompts", "4"]
+
+
+def test_two_machines_run_one_loop_each_on_a_shared_folder_as_one_process_would(tiny_config, tmp_path):
+    import time
+
+    from b2diffurl.stage.paths import LOCK_FILE
+
+    one = subprocess.run(["bash", "run_process.sh", *_loop_flags(tiny_config, str(tmp_path / "one"),
+                                                                 str(tmp_path / "one-log"))],
+                         cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+                         capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    shared = str(tmp_path / "two")
+    machines = _machines(tiny_config, str(tmp_path), "job-17", (shared, shared))
+    run = os.path.join(shared, "tiny_random")
+    deadline = time.time() + 300
+    while not os.path.exists(os.path.join(run, LOCK_FILE)) and time.time() < deadline:
+        time.sleep(0.2)
+    # A second job on the same folder, while the two machines hold it: refused with the lock's line.
+    other = subprocess.run(["bash", "run_process.sh", *_loop_flags(tiny_config, shared, str(tmp_path / "other"))],
+                           cwd=REPO, env={**os.environ, "B2DIFFURL_JOB_ID": "job-18"}, capture_output=True, text=True,
+                           timeout=300)
+    assert other.returncode == 5 and "error: run folder" in other.stderr and "job job-17" in other.stderr, other.stderr
+    outputs = [process.communicate(timeout=900)[0] for process in machines]
+    assert [process.returncode for process in machines] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    # Machine rank 0 evaluated and drew the report; rank 1 waited for it in the launches.
+    assert "evaluation on held-out prompts" in outputs[0] and "evaluation" not in outputs[1]
+    assert os.path.exists(os.path.join(run, "stage1", "evaluation.json")) and not os.path.exists(
+        os.path.join(run, LOCK_FILE))
+    assert os.path.exists(os.path.join(str(tmp_path), "log", "tiny_random", "stage1.machine1.log"))
+
+    for stage in (0, 1):
+        single = load_samples(os.path.join(tmp_path, "one", "tiny_random", f"stage{stage}", "sample.pkl"))
+        joined = concatenate([load_samples(os.path.join(run, f"stage{stage}", f"sample.{rank}-of-2.pkl"))
+                              for rank in range(2)])
+        order = torch.argsort(joined["group_id"] * single["meta"]["num_branches"] + joined["branch_id"])
+        assert [joined["prompts"][i] for i in order] == single["prompts"]
+        if stage == 0:  # the same policy: the same samples, bit for bit
+            assert torch.equal(joined["latents"][order], single["latents"])
+            assert torch.equal(joined["log_probs"][order], single["log_probs"])
+        else:  # from LoRAs equal up to the order of gradient sums
+            torch.testing.assert_close(joined["latents"][order], single["latents"], rtol=1e-3, atol=1e-4)
+        chosen = [load_samples(os.path.join(folder, f"stage{stage}", "sample_stage.pkl"), selected=True)
+                  for folder in (os.path.join(tmp_path, "one", "tiny_random"), run)]
+        assert chosen[0]["prompts"] == chosen[1]["prompts"]
+        if stage == 0:
+            assert torch.equal(chosen[1]["advantages"], chosen[0]["advantages"])
+        else:  # rewards of images that differ by ~1e-4, normalised within a prompt's few samples
+            torch.testing.assert_close(chosen[1]["advantages"], chosen[0]["advantages"], rtol=0, atol=5e-3)
+        lora_one, lora_two = (_lora(os.path.join(folder, f"stage{stage}"))
+                              for folder in (os.path.join(tmp_path, "one", "tiny_random"), run))
+        for key in lora_one:
+            torch.testing.assert_close(lora_two[key], lora_one[key], rtol=1e-3, atol=1e-5)
+
+
+def test_a_machine_that_cannot_see_the_shared_folder_is_refused(tiny_config, tmp_path):
+    machines = _machines(tiny_config, str(tmp_path), "job-19", (str(tmp_path / "shared"), str(tmp_path / "local")))
+    outputs = [process.communicate(timeout=600)[0] for process in machines]
+    for process, output in zip(machines, outputs):
+        last = output.strip().splitlines()[-1]
+        assert process.returncode == 6, output[-3000:]
+        assert "failed with exit code 6 (error: " in last and "is not the same for every process" in last, last

@@ -193,6 +193,36 @@ def test_a_script_under_run_process_uses_its_lock_and_refuses_anothers(tmp_path,
             pass
 
 
+def test_the_nodes_of_one_job_share_the_lock_and_another_job_is_refused(tmp_path, monkeypatch):
+    run = str(tmp_path / "run")
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.setenv(lock.JOB_VARIABLE, "4242")
+    lock.acquire(run, os.getppid())  # machine rank 0's run_process.sh
+    assert lock.read_holder(run)["job"] == "4242"
+    lock.acquire(run, os.getpid())  # machine rank 1's, in the same job: shares it
+    assert lock.read_holder(run)["pid"] == os.getppid()
+    monkeypatch.setenv(lock.HOLDER_VARIABLE, str(os.getpid()))  # a script started by machine rank 1's loop
+    with lock.run_lock(run):
+        pass
+    monkeypatch.delenv(lock.HOLDER_VARIABLE)
+    monkeypatch.setenv(lock.JOB_VARIABLE, "4343")  # another job on the same folder
+    with pytest.raises(RunLockedError, match="in use by .*job 4242"):
+        lock.acquire(run, os.getpid())
+    monkeypatch.delenv(lock.JOB_VARIABLE)  # no job at all
+    with pytest.raises(RunLockedError, match="job 4242"):
+        lock.acquire(run, os.getpid())
+    lock.release(run, os.getpid())  # neither the holder nor its job: nothing happens
+    assert lock.read_holder(run)["pid"] == os.getppid()
+
+    with open(os.path.join(run, ".lock"), "w") as f:  # the same Slurm job, requeued onto another node
+        json.dump({"host": "gpu-node-7", "pid": _dead_pid(), "since": 0, "job": "4242"}, f)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    lock.acquire(run, os.getpid())
+    assert lock.read_holder(run)["host"] == "gpu-node-7"
+    lock.release(run, os.getpid())  # machine rank 0 of the job releases it for every node
+    assert lock.read_holder(run) is None
+
+
 def test_the_lock_command_exits_5_with_one_line(tmp_path):
     run = str(tmp_path / "run")
     lock.acquire(run)

@@ -12,7 +12,8 @@ import pytest
 from b2diffurl.files import REPO
 from config import base
 
-TOOLS = sorted(glob.glob(os.path.join(REPO, "tools", "*.py")))
+TOOLS = sorted(glob.glob(os.path.join(REPO, "tools", "*.py")) + glob.glob(os.path.join(REPO, "tools", "*.sh"))
+               + glob.glob(os.path.join(REPO, "examples", "*.sbatch")))
 
 
 def _config_keys() -> set[str]:
@@ -25,14 +26,14 @@ def _config_keys() -> set[str]:
     return set(walk(base.get_config()))
 
 
-def overridden_keys(source: str) -> set[str]:
+def overridden_keys(source: str, python: bool = True) -> set[str]:
     """Keys a tool sets: `--config.KEY` in any string, the string keys of the dict that a
     function named `_overrides` returns (tools/bench.py's, applied with update_from_flattened_dict),
     and those of dict literals assigned to UPPER_CASE names or to `common` (bench.py's TODAY and
-    FAST settings and its lab stage's shared overrides)."""
+    FAST settings and its lab stage's shared overrides); in a shell script, the flags alone."""
     keys = set(re.findall(r"--config\.([A-Za-z_][\w.]*)", source))
     dicts = []
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(ast.parse(source) if python else ast.Module(body=[], type_ignores=[])):
         if isinstance(node, ast.FunctionDef) and node.name == "_overrides":
             dicts += [r.value for r in ast.walk(node) if isinstance(r, ast.Return) and isinstance(r.value, ast.Dict)]
         if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict) and all(
@@ -53,5 +54,5 @@ def test_the_check_reads_overrides_and_would_catch_an_unknown_key():
 @pytest.mark.parametrize("path", TOOLS, ids=os.path.basename)
 def test_every_config_key_a_tool_overrides_exists(path):
     with open(path) as f:
-        keys = overridden_keys(f.read())
+        keys = overridden_keys(f.read(), python=path.endswith(".py"))
     assert not keys - _config_keys(), f"{os.path.basename(path)} overrides unknown config keys"

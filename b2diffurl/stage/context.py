@@ -1,16 +1,17 @@
-"""What the three stage scripts share: their Accelerator, the start (the plan, a complete stage
-skipped, an interrupted one cleared), the policy they start from, the sample files' `meta`, and
-the end (the completion marker)."""
+"""What the three stage scripts share: their Accelerator, the start (the run folder seen by every
+process, the plan, a complete stage skipped, an interrupted one cleared), the policy they start
+from, the sample files' `meta`, and the end (the completion marker)."""
 
 from __future__ import annotations
 
 import logging
 import os
 import shutil
+import socket
 
 import torch
 
-from b2diffurl.errors import UserError
+from b2diffurl.errors import UnsharedFolderError, UserError
 from b2diffurl.files import atomic_write_json
 from b2diffurl.models.checkpoint import load_lora
 from b2diffurl.models.pipeline import load_pipeline
@@ -54,6 +55,7 @@ def begin(config, accelerator, clear_interrupted: bool = False) -> StagePlan | N
     process); None for a complete stage. With `clear_interrupted`, the main process removes the
     folder an interrupted attempt left, so the stage is redone from its start; every process
     waits for that."""
+    check_shared_folder(run_dir(config), accelerator)
     plan = plan_stage(config)
     if accelerator.is_main_process:
         check_continuation(config)
@@ -65,6 +67,41 @@ def begin(config, accelerator, clear_interrupted: bool = False) -> StagePlan | N
         log.info("stage %d is complete (%s exists); nothing to do", plan.stage, plan.paths.complete_marker)
         return None
     return plan
+
+
+def check_shared_folder(folder: str, accelerator) -> None:
+    """Every process of a launch (on several nodes: every node) must see the same run folder. Each
+    writes a file of its own there, the launch's barrier passes, and each reads every other's;
+    the verdicts are gathered, so that every process fails alike (UnsharedFolderError) if any
+    could not read what another wrote. Nothing to do for one process."""
+    if accelerator.num_processes == 1:
+        return
+    from accelerate.utils import gather_object
+
+    def path(rank: int) -> str:
+        return os.path.join(folder, f".visible-{rank}")
+
+    mine = f"{socket.gethostname()}:{os.getpid()}"
+    os.makedirs(folder, exist_ok=True)
+    atomic_write_json({"process": mine}, path(accelerator.process_index))
+    written = gather_object([mine])
+    unseen = []
+    for rank, theirs in enumerate(written):
+        try:
+            with open(path(rank)) as f:
+                seen = f.read()
+        except OSError:
+            seen = ""
+        if theirs not in seen:
+            unseen.append(f"process {accelerator.process_index} on host {socket.gethostname()} cannot read what "
+                          f"process {rank} ({theirs.replace(':', ', pid ')}) wrote")
+    unseen = gather_object(unseen)
+    accelerator.wait_for_everyone()
+    if os.path.exists(path(accelerator.process_index)):
+        os.remove(path(accelerator.process_index))
+    if unseen:
+        raise UnsharedFolderError(f"run folder {folder} is not the same for every process of the launch: "
+                                  f"{unseen[0]} there; every node must mount the same shared folder at the same path")
 
 
 def load_policy(config, plan: StagePlan, device):
