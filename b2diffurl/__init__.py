@@ -13,17 +13,24 @@ through files in {save_path}/{exp_name}/stage{k}/:
                        reads  sample_stage.pkl,                  writes checkpoints/, then COMPLETE
                               stage{k-1}/checkpoints/
 
-The package, by what a reader comes for:
+The package, by what a reader comes for, in floors from the bottom up: a module imports only
+from its own floor and the floors below (tests/test_layout.py holds it to this, and to no
+import cycle):
 
-    method/    the algorithm, pure (tensors in, tensors out; no files, no config): the DDIM step
-               and its log-prob, guidance, branch sampling, per-prompt statistics, selection,
-               the loss and the update, the curriculum of trained steps
-    stage/     one module per script (sample, select, train), and the stage plan, paths,
-               sample-file format and resume rules they share
-    models/    loading Stable Diffusion with its LoRA, LoRA checkpoints, prompts, rewards
-    analysis/  evaluate, generate, compare, the run's curves and stage table, image grids
-    world/     the shapes world: its renderer and exact reward, the pretraining of its model,
-               the tiny random model (the method does not know it exists)
-    cli.py     the command-line layer; errors.py, files.py, logs.py: leaves everyone uses;
-               tracking.py: TensorBoard and W&B through accelerate's trackers
+    errors.py  the errors a user can act on; method/: the algorithm, pure (tensors in, tensors
+               out; no files, no config): the DDIM step and its log-prob, guidance, branch
+               sampling, per-prompt statistics, selection, the loss and the update, the
+               curriculum of trained steps
+    files.py, paths.py, logs.py, tracking.py
+               atomic files, the names of a run's files, logs and metrics files, TensorBoard
+               and W&B through accelerate's trackers
+    world/     the shapes world: its renderer, parser and exact reward, its failure modes, the
+               tiny random model (the method does not know it exists); grids.py: image grids
+    models/    loading Stable Diffusion with its LoRA, LoRA checkpoints, prompts, rewards, and
+               the metrics of scored images
+    stage/     one module per script (sample, select, train), and the stage plan, sample-file
+               format and resume rules they share; cli.py: the command-line layer
+    analysis/  evaluate, generate, compare, the run's data, curves and stage table
+    lab/       commands on the shapes world: pretraining its model, its ceiling, what its text
+               encoder tells apart, a stage's failure modes
 """

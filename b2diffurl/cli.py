@@ -136,9 +136,10 @@ def load_config(values: flags.FlagValues, continues_run: bool = True):
         raise UserError(f"cannot load the config file: {lines[-1]}") from None
     check_config(config)
     from b2diffurl.models.hub import check_models_available
+    from b2diffurl.models.rewards import required_models
     from b2diffurl.stage.resume import check_continuation
 
-    check_models_available(config)
+    check_models_available(config, required_models(config.reward))
     if continues_run:
         check_continuation(config, record=False)
     return config
@@ -205,7 +206,7 @@ def run_stage_script(step: str) -> None:
     def body(config):
         from b2diffurl.logs import setup_logging
         from b2diffurl.stage.lock import run_lock
-        from b2diffurl.stage.paths import run_dir
+        from b2diffurl.paths import run_dir
 
         setup_logging()
         run_step = getattr(importlib.import_module(f"b2diffurl.stage.{step}"), f"{step}_stage")

@@ -73,7 +73,7 @@ def read_metrics(path: str) -> list[dict]:
 
 def read_run_metrics(run: str) -> list[dict]:
     """Every record of every stage of a run (stage{k}/metrics.jsonl), in stage order."""
-    from b2diffurl.stage.paths import METRICS_FILE, stage_dirs
+    from b2diffurl.paths import METRICS_FILE, stage_dirs
 
     records = []
     for _, folder in stage_dirs(run):

@@ -81,7 +81,7 @@ def track(accelerator, config, stage: int, scalars: dict, images: dict | None = 
     tracker of the accelerator, with the stage and the images sampled so far; main process only."""
     if not accelerator.log_with or not accelerator.is_main_process:
         return
-    from b2diffurl.stage.paths import run_dir
+    from b2diffurl.paths import run_dir
 
     run = run_dir(config)
     init_kwargs, wandb_state = {}, None

@@ -1,6 +1,6 @@
 """B2-DiffuRL in the shapes world, offline on a CPU in a few minutes: the quickstart.
 
-The model (model/shapes-sd, made by b2diffurl.world.pretrain and shipped in the repository)
+The model (model/shapes-sd, made by b2diffurl.lab.pretrain and shipped in the repository)
 draws coloured circles, squares and triangles from captions such as "a blue square to the
 left of a green triangle", and follows two-object captions only part of the time. The reward,
 `shapes`, reads the objects back from the pixels: 1.0 when colour, shape, relation and count

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from b2diffurl.files import REPO
-from b2diffurl.world.ceiling import GROUPS, ceiling, format_ceiling, load_vae
+from b2diffurl.lab.ceiling import GROUPS, ceiling, format_ceiling, load_vae
 
 SHIPPED = os.path.join(REPO, "model", "shapes-sd")
 

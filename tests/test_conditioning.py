@@ -4,7 +4,7 @@ measured on the encoder's real embeddings."""
 import torch
 
 from b2diffurl.world import shapes
-from b2diffurl.world.conditioning import EDITS, edit, format_separation, load_text_encoder, separation
+from b2diffurl.lab.conditioning import EDITS, edit, format_separation, load_text_encoder, separation
 
 
 def test_each_edit_changes_what_it_names():
@@ -44,7 +44,7 @@ def test_separation_on_a_text_encoder(tiny_model_dir):
 def test_swapped_counts_the_pairs_whose_objects_changed_places():
     import numpy as np
 
-    from b2diffurl.world.conditioning import swapped
+    from b2diffurl.lab.conditioning import swapped
 
     rng = np.random.default_rng(0)
     prompts = ["a red circle above a blue square", "a green triangle to the left of a red square",
@@ -63,7 +63,7 @@ def test_swapped_counts_the_pairs_whose_objects_changed_places():
 
 
 def test_relation_response_draws_a_caption_and_its_edit_from_one_noise(tiny_model_dir):
-    from b2diffurl.world.conditioning import relation_response
+    from b2diffurl.lab.conditioning import relation_response
 
     captions = ["a red circle above a blue square", "a green triangle to the left of a red square"]
     result = relation_response(tiny_model_dir, captions, images_per_caption=2, num_steps=2)

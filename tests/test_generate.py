@@ -13,7 +13,7 @@ from diffusers import DDIMScheduler, StableDiffusionPipeline
 from PIL import Image
 
 from b2diffurl.analysis.generate import generate_images
-from b2diffurl.analysis.metrics import (
+from b2diffurl.models.metrics import (
     mean_pairwise_distance,
     paired_change,
     paired_order,

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from b2diffurl.analysis.grids import BACKGROUND, GAP, PAD, best_worst_grid, best_worst_picks, image_grid
+from b2diffurl.grids import BACKGROUND, GAP, PAD, best_worst_grid, best_worst_picks, image_grid
 
 
 def solid(colours, height=8, width=10):
@@ -156,7 +156,7 @@ def test_prompts_go_under_the_scores():
 def test_save_grid_round_trip(tmp_path):
     from PIL import Image
 
-    from b2diffurl.analysis.grids import save_grid
+    from b2diffurl.grids import save_grid
 
     grid = image_grid(solid(distinct_colours(3)), columns=2, captions=["a", "b", "c"], scale=2)
     save_grid(grid, str(tmp_path / "new" / "grid.png"))

@@ -100,7 +100,7 @@ def test_a_dead_rank_ends_the_launch_and_the_rerun_completes(tiny_config, tmp_pa
     import signal
     import time
 
-    from b2diffurl.stage.paths import StagePaths
+    from b2diffurl.paths import StagePaths
 
     marker = f"B2DIFFURL_TEST_RUN={tmp_path.name}"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", marker.split("=")[0]: marker.split("=")[1],
@@ -173,7 +173,7 @@ def _loop_flags(tiny_config, save_path: str, log_dir: str) -> list[str]:
 def test_two_machines_run_one_loop_each_on_a_shared_folder_as_one_process_would(tiny_config, tmp_path):
     import time
 
-    from b2diffurl.stage.paths import LOCK_FILE
+    from b2diffurl.paths import LOCK_FILE
 
     one = subprocess.run(["bash", "run_process.sh", *_loop_flags(tiny_config, str(tmp_path / "one"),
                                                                  str(tmp_path / "one-log"))],

@@ -234,7 +234,7 @@ def test_the_lock_command_exits_5_with_one_line(tmp_path):
 def test_untrained_streaks_stop_the_run(tmp_path):
     from config import tiny_random
 
-    from b2diffurl.stage.paths import StagePaths
+    from b2diffurl.paths import StagePaths
     from b2diffurl.stage.train import _refuse_untrained_streak
 
     config = tiny_random.get_config()
@@ -260,7 +260,7 @@ def test_errno_of_an_injected_fault_is_enospc(tmp_path, monkeypatch):
 def test_complete_stages_drop_their_sample_files_and_the_run_goes_on(tiny_config, keep):
     from b2diffurl.analysis.evaluate import evaluate
     from b2diffurl.stage import retention
-    from b2diffurl.stage.paths import StagePaths
+    from b2diffurl.paths import StagePaths
     from b2diffurl.stage.sample import sample_stage
     from b2diffurl.stage.select import select_stage
     from b2diffurl.stage.train import train_stage

@@ -7,7 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from b2diffurl.analysis.curves import collect, main
+from b2diffurl.analysis.curves import main
+from b2diffurl.analysis.run_data import collect
 
 
 def write_lines(path, records):

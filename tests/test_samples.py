@@ -7,7 +7,7 @@ import torch
 
 from b2diffurl.errors import SampleFileError
 from b2diffurl.files import atomic_torch_save
-from b2diffurl.stage.paths import StagePaths
+from b2diffurl.paths import StagePaths
 from b2diffurl.stage.sample_file import FORMAT_VERSION, META_KEYS, concatenate, load_samples, save_samples, subset
 
 CALLS = []

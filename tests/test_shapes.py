@@ -203,7 +203,7 @@ def test_pretraining_saves_a_pipeline_that_loads_and_generates(tmp_path):
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     from b2diffurl.analysis.generate import generate_images
-    from b2diffurl.world.pretrain import pretrain
+    from b2diffurl.lab.pretrain import pretrain
 
     out = str(tmp_path / "shapes-sd")
     # two steps a phase
@@ -273,7 +273,7 @@ def test_the_text_encoder_is_grounded_in_where_each_object_is_drawn():
 
     import numpy as np
 
-    from b2diffurl.world import pretrain
+    from b2diffurl.lab import pretrain
 
     tokenizer, text_encoder, _, _ = pretrain.build_models(0)
     for caption in ("a red circle", "a blue square to the left of a green triangle", "a red circle above a blue square"):

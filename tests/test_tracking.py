@@ -144,7 +144,7 @@ def test_every_lora_has_a_model_card_that_loads_in_plain_diffusers(quick_run, tm
 
 
 def test_the_report_draws_success_rates_with_intervals_in_the_unit_range(quick_run):
-    from b2diffurl.analysis.curves import collect
+    from b2diffurl.analysis.run_data import collect
 
     data = collect(quick_run)
     low, high = data["reward_success_ci95_low"], data["reward_success_ci95_high"]

@@ -29,7 +29,7 @@ def main(work: str) -> None:
     from b2diffurl.files import human_size
     from b2diffurl.models.checkpoint import save_checkpoint
     from b2diffurl.models.pipeline import load_pipeline
-    from b2diffurl.stage.paths import StagePaths
+    from b2diffurl.paths import StagePaths
     from b2diffurl.stage.retention import size_on_disk, stage_footprint
     from b2diffurl.stage.sample_file import load_samples
     from b2diffurl.stage.train import build_optimizer

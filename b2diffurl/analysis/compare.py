@@ -40,8 +40,8 @@ import numpy as np
 from absl import flags
 
 from b2diffurl import cli
-from b2diffurl.analysis.curves import read_evaluations
-from b2diffurl.analysis.metrics import mcnemar_chi2, paired_change
+from b2diffurl.analysis.run_data import read_evaluations
+from b2diffurl.models.metrics import mcnemar_chi2, paired_change
 from b2diffurl.errors import UserError
 from b2diffurl.files import REPO, atomic_write, atomic_write_json, read_json
 from b2diffurl.method.selection import CONTRAST
@@ -322,7 +322,7 @@ def keep(out: str, dest: str) -> list[str]:
     every stage's evaluation, metrics and completion marker, and the last complete stage's
     checkpoint and score history. `compare --out dest --methods ''` rebuilds the table from it, and a copy
     of a run's folder back under `out` continues that run. Returns the files copied."""
-    from b2diffurl.stage.paths import (BASE_EVALUATION_FILE, CHECKPOINT_DIR, COMPLETE_FILE, EVALUATION_FILE,
+    from b2diffurl.paths import (BASE_EVALUATION_FILE, CHECKPOINT_DIR, COMPLETE_FILE, EVALUATION_FILE,
                                        HISTORY_FILE, METRICS_FILE, RUN_CONFIG_FILE, stage_dirs)
 
     wanted = [name for name in KEPT_FILES if os.path.exists(os.path.join(out, name))]
@@ -352,7 +352,7 @@ def keep(out: str, dest: str) -> list[str]:
 
 def evaluate_on_second_noise(config, config_file: str, changes: dict, out: str) -> None:
     """A finished run's last LoRA and its base, once, on the second noise (seed + SECOND_NOISE)."""
-    from b2diffurl.stage.paths import StagePaths
+    from b2diffurl.paths import StagePaths
 
     last = StagePaths.of(config, config.stages.num_stages - 1)
     path = os.path.join(out, config.exp_name, SECOND_EVALUATION_FILE)

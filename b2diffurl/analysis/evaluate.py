@@ -31,14 +31,14 @@ def evaluate(config, lora: str | None = None, stage: int | None = None, prompt_f
     stage `stage`'s LoRA (the base then once per run, into the run folder); write the report to
     `out` (default evaluation.json, or the stage folder's) and return it."""
     from b2diffurl.analysis.generate import generate_with_config
-    from b2diffurl.analysis.metrics import build_embedder, summarise
+    from b2diffurl.models.metrics import build_embedder, summarise
     from b2diffurl.files import atomic_write_json
     from b2diffurl.models.checkpoint import load_lora
     from b2diffurl.models.pipeline import load_pipeline
     from b2diffurl.models.prompts import load_prompts
     from b2diffurl.models.rewards import build_reward, score_images
     from b2diffurl.stage.context import make_accelerator
-    from b2diffurl.stage.paths import BASE_EVALUATION_FILE, StagePaths, run_dir
+    from b2diffurl.paths import BASE_EVALUATION_FILE, StagePaths, run_dir
 
     prompt_file = prompt_file or config.eval.prompt_file
     prompts = load_prompts(prompt_file)
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         import contextlib
 
         from b2diffurl.stage.lock import run_lock
-        from b2diffurl.stage.paths import run_dir
+        from b2diffurl.paths import run_dir
 
         setup_logging()
         stage = STAGE.value if STAGE.value >= 0 else None

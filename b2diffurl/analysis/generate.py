@@ -81,7 +81,7 @@ def generate(config, prompts: list[str], lora: str | None = None, num_images: in
     checkpoints/), written to `out` as PNGs and grid.png; returns the PNGs' paths."""
     from PIL import Image
 
-    from b2diffurl.analysis.grids import image_grid, save_grid
+    from b2diffurl.grids import image_grid, save_grid
     from b2diffurl.models.checkpoint import load_lora
     from b2diffurl.models.pipeline import load_pipeline
     from b2diffurl.stage.context import make_accelerator

@@ -50,8 +50,8 @@ def success_lines(run: str) -> list[str]:
     and over all images; and, where the evaluation reports outcomes, one with the order accuracy
     of all two-object images, paired against the base image by image where both kept their
     images' modes."""
-    from b2diffurl.analysis.curves import read_evaluations
-    from b2diffurl.analysis.metrics import paired_order
+    from b2diffurl.analysis.run_data import read_evaluations
+    from b2diffurl.models.metrics import paired_order
     from b2diffurl.world.shapes import HELD_OUT_TWO_OBJECTS
 
     rows, base = read_evaluations(run, [])

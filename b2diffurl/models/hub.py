@@ -49,12 +49,11 @@ def locate_model(model: str, what: str, build_tiny: bool = False, revision: str 
     return model
 
 
-def check_models_available(config) -> None:
-    """Fail in seconds, before any loading, when the base or reward model is not to be had."""
+def check_models_available(config, reward_models: list[tuple[str, str]]) -> None:
+    """Fail in seconds, before any loading, when the base model or one of `reward_models`
+    ((config key, hub id or folder) pairs, as rewards.required_models gives them) is not to be had."""
     if not config.pretrained.build_tiny:  # the tiny model is built on first use
         locate_model(config.pretrained.model, "pretrained.model", revision=config.pretrained.revision,
                      probe_file="model_index.json")
-    from b2diffurl.models.rewards import required_models
-
-    for what, model in required_models(config.reward):
+    for what, model in reward_models:
         locate_model(model, what)

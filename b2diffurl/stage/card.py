@@ -25,7 +25,7 @@ def write_model_card(config, stage: int) -> str:
     card's path."""
     from b2diffurl.files import atomic_write, read_json
     from b2diffurl.models.checkpoint import STATE_FILE
-    from b2diffurl.stage.paths import BASE_EVALUATION_FILE, StagePaths, run_dir
+    from b2diffurl.paths import BASE_EVALUATION_FILE, StagePaths, run_dir
     from b2diffurl.tracking import images_sampled
 
     paths, run = StagePaths.of(config, stage), run_dir(config)

@@ -15,7 +15,7 @@ from b2diffurl.errors import UnsharedFolderError, UserError
 from b2diffurl.files import atomic_write_json
 from b2diffurl.models.checkpoint import load_lora
 from b2diffurl.models.pipeline import load_pipeline
-from b2diffurl.stage.paths import StagePaths, run_dir
+from b2diffurl.paths import StagePaths, run_dir
 from b2diffurl.stage.plan import StagePlan, plan_stage
 from b2diffurl.stage.resume import check_continuation
 from b2diffurl.stage.sample_file import FORMAT_VERSION

@@ -28,7 +28,7 @@ import time
 from typing import Iterator
 
 from b2diffurl.errors import RunLockedError
-from b2diffurl.stage.paths import LOCK_FILE
+from b2diffurl.paths import LOCK_FILE
 
 log = logging.getLogger(__name__)
 HOLDER_VARIABLE = "B2DIFFURL_LOCK_HOLDER"

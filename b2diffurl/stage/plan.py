@@ -15,7 +15,7 @@ import dataclasses
 
 from b2diffurl.errors import UserError
 from b2diffurl.method.curriculum import split_step_for_stage
-from b2diffurl.stage.paths import StagePaths, run_dir
+from b2diffurl.paths import StagePaths, run_dir
 from b2diffurl.stage.resume import first_incomplete_stage
 
 

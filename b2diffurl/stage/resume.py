@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 from b2diffurl.files import atomic_write_json, read_json
-from b2diffurl.stage.paths import RUN_CONFIG_FILE, StagePaths, run_dir
+from b2diffurl.paths import RUN_CONFIG_FILE, StagePaths, run_dir
 
 # Settings that define a run: changing one midway would mix incompatible stages.
 CONTINUATION_KEYS = (

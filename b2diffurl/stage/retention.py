@@ -19,7 +19,7 @@ import shutil
 
 from b2diffurl.errors import DiskSpaceError
 from b2diffurl.files import existing_folder, free_space, human_size
-from b2diffurl.stage.paths import (
+from b2diffurl.paths import (
     CHECKPOINT_DIR,
     IMAGE_DIR,
     IMAGES_FILE,

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from b2diffurl.analysis.grids import save_grid
+from b2diffurl.grids import save_grid
 from b2diffurl.errors import UserError
 from b2diffurl.files import atomic_torch_save
 from b2diffurl.logs import append_metrics
@@ -26,7 +26,7 @@ from b2diffurl.method.branch_sampling import decode_images, latent_shape, sample
 from b2diffurl.models.pipeline import lora_merged
 from b2diffurl.models.prompts import choose_prompts, encode_prompts, load_prompts
 from b2diffurl.stage.context import begin, load_policy, make_accelerator, peak_gpu_memory, stage_meta
-from b2diffurl.stage.paths import StagePaths, image_name
+from b2diffurl.paths import StagePaths, image_name
 from b2diffurl.stage.plan import StagePlan
 from b2diffurl.stage.retention import check_free_space
 from b2diffurl.stage.sample_file import make_record, save_samples

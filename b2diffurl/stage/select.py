@@ -15,8 +15,8 @@ import os
 import numpy as np
 import torch
 
-from b2diffurl.analysis.grids import best_worst_grid, save_grid
-from b2diffurl.analysis.metrics import wilson_interval
+from b2diffurl.grids import best_worst_grid, save_grid
+from b2diffurl.models.metrics import wilson_interval
 from b2diffurl.errors import SampleFileError
 from b2diffurl.files import atomic_write_json, read_json
 from b2diffurl.logs import append_metrics
@@ -24,7 +24,7 @@ from b2diffurl.method.selection import SELECTIONS, contrast_census
 from b2diffurl.method.statistics import new_history, normalise, record_stage
 from b2diffurl.models.rewards import build_reward, score_images
 from b2diffurl.stage.context import begin, make_accelerator, stage_meta
-from b2diffurl.stage.paths import StagePaths
+from b2diffurl.paths import StagePaths
 from b2diffurl.stage.plan import StagePlan
 from b2diffurl.stage.sample_file import concatenate, load_samples, save_samples, subset
 from b2diffurl.tracking import track

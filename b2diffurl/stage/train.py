@@ -150,7 +150,7 @@ def _refuse_untrained_streak(config, stage: int, num_steps: int) -> None:
     not marked complete)."""
     from b2diffurl.errors import UntrainedStageError
     from b2diffurl.files import read_json
-    from b2diffurl.stage.paths import StagePaths
+    from b2diffurl.paths import StagePaths
 
     streak = [stage]
     while streak[0] > 0 and read_json(StagePaths.of(config, streak[0] - 1).complete_marker).get("untrained"):

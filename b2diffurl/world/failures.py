@@ -1,20 +1,17 @@
-"""Which failure modes a stage's branch samples show, and which of them a branch group can teach.
+"""What went wrong with a two-object image, and which of the failure modes a branch group can teach.
 
-    python -m b2diffurl.world.failures model/scale/b2diffurl_seed1/stage0 [more stage folders]
-
-Reads each stage folder's sample.pkl (prompts, groups) and images.pt, checks every two-object
-image against its caption (b2diffurl.world.shapes.check_all), and prints per folder the share of
-each outcome (`failure_mode`) over all two-object images, and over the branch groups that hold
-both a success and a failure (the groups whose best and worst branch give the update a
-contrast) the outcome of their failing branches. `outcomes` gives the same outcomes per
-evaluation group, with the order accuracy; evaluation reports it for the shapes rewards.
+Every two-object image is checked against its caption (b2diffurl.world.shapes.check_all) and
+given one outcome (`failure_mode`). `stage_failures` gives the share of each outcome over a
+stage's two-object images, and over the branch groups that hold both a success and a failure
+(the groups whose best and worst branch give the update a contrast) the outcome of their failing
+branches (`python -m b2diffurl.lab.stage_failures STAGE_DIR` prints it for a stage folder).
+`outcomes` gives the same outcomes per evaluation group, with the order accuracy; evaluation
+reports it for the shapes rewards. Pure functions of images and captions: no files.
 """
 
 from __future__ import annotations
 
 import collections
-import os
-import sys
 
 import numpy as np
 
@@ -89,23 +86,3 @@ def outcomes(images: np.ndarray, prompts: list[str]) -> dict:
                         "order_accuracy": right / of if of else float("nan")}
     return table
 
-
-def main(argv: list[str] | None = None) -> None:
-    import torch
-
-    from b2diffurl.stage.sample_file import load_samples
-
-    for folder in (sys.argv[1:] if argv is None else argv):
-        record = load_samples(os.path.join(folder, "sample.pkl"))
-        images = torch.load(os.path.join(folder, "images.pt"), weights_only=True).numpy()
-        result = stage_failures(record["prompts"], record["group_id"].tolist(), images)
-        print(f"{folder}: {result['images']} two-object images in {result['groups']} groups; "
-              + ", ".join(f"{mode} {share:.3f}" for mode, share in result["all"].items()))
-        print(f"  {result['contrasting_groups']} groups with a success and a failure; their failing branches: "
-              + ", ".join(f"{mode} {share:.3f}" for mode, share in result["failing_in_contrasting"].items()
-                          if mode != "success"))
-        print(f"  {result['order_groups']} groups hold a success and a branch with the order reversed")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """Pretrain the shapes world's text-to-image model on a CPU, in bounded time.
 
-    python -m b2diffurl.world.pretrain --out /tmp/shapes-sd --autoencoder model/shapes-sd --minutes 60
+    python -m b2diffurl.lab.pretrain --out /tmp/shapes-sd --autoencoder model/shapes-sd --minutes 60
 
 made the shipped model/shapes-sd (at commit 3cebe91, in 3,600 s on 2 cores), keeping the
 autoencoder of the model shipped before it; without --autoencoder the autoencoder is trained
@@ -12,7 +12,7 @@ and the project's word-level CLIP tokenizer over the shapes captions, trained on
 b2diffurl.world.shapes renders. There are three phases.
 
 1. The autoencoder trains with reconstruction and a small KL term, on renders of every caption
-   of the world, until the world's ceiling (b2diffurl.world.ceiling) reaches CEILING_TARGET in
+   of the world, until the world's ceiling (b2diffurl.lab.ceiling) reaches CEILING_TARGET in
    every group. `--autoencoder` instead takes it, as it is, from a pipeline folder.
 2. The text encoder is grounded on renders of every caption, held-out ones included
    (train_text_encoder), and then frozen.
@@ -48,7 +48,8 @@ from absl import flags
 
 from b2diffurl import cli
 from b2diffurl.files import REPO
-from b2diffurl.world import ceiling, shapes
+from b2diffurl.lab import ceiling
+from b2diffurl.world import shapes
 
 PROMPT_DIR = os.path.join(REPO, "config", "prompt", "shapes")
 TEXT_WIDTH = 64  # text encoder width = the UNet's cross-attention width
@@ -67,7 +68,7 @@ CEILING_TARGET = 0.998  # the autoencoder trains until every ceiling group reach
 TEXT_ENCODER_STEPS = 1000  # grounding steps of the text encoder (order_read reaches 1.0 well before)
 TEXT_BATCH = 256  # captions per grounding step
 CEILING_CHECK_SEED = 1  # the test measures the shipped model on seed 0's renders
-log = logging.getLogger("b2diffurl.world.pretrain")  # not __name__: "__main__" when run
+log = logging.getLogger("b2diffurl.lab.pretrain")  # not __name__: "__main__" when run
 
 
 def build_models(seed: int):

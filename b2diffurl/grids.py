@@ -1,6 +1,6 @@
 """Image grids for looking at samples: plain tiles with captions, and best/worst branch per group.
 
-    from b2diffurl.analysis.grids import best_worst_grid, save_grid
+    from b2diffurl.grids import best_worst_grid, save_grid
     save_grid(best_worst_grid(images, group_id, branch_id, scores, advantages, scale=4), "grid.png")
 
 Pure functions of numpy arrays (PIL and numpy only); `save_grid` is the one that writes.

@@ -1,6 +1,6 @@
 """The world's ceiling: what a perfect generator would score through the world's own autoencoder.
 
-    python -m b2diffurl.world.ceiling --model model/shapes-sd --renders 4
+    python -m b2diffurl.lab.ceiling --model model/shapes-sd --renders 4
 
 Fresh renders of every caption of the world (`shapes.render`, which the parser reads right every
 time) are encoded by the model's AutoencoderKL (the posterior mean), decoded, and scored by the

@@ -1,4 +1,5 @@
-"""Held-out evaluation: reward and diversity of N images per prompt (pure parts and the loop).
+"""The metrics of scored images: reward and diversity of N images per prompt, success rates and
+paired changes, for held-out evaluation (b2diffurl.analysis.evaluate) and a stage's selection.
 
 Diversity of a prompt is the mean pairwise Euclidean distance between the embeddings of its
 images: CLIP image embeddings (unit length, so distances lie in [0, 2]) when the reward has a

@@ -1,7 +1,7 @@
 """What the text encoder tells apart: how far one change to a caption moves the embeddings the
 UNet attends to.
 
-    python -m b2diffurl.world.conditioning --model model/shapes-sd
+    python -m b2diffurl.lab.conditioning --model model/shapes-sd
 
 The LoRA that RL trains sits on the UNet; the text encoder stays frozen. A difference between
 two captions that the encoder has nearly erased is one the UNet can hardly act on, however the
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging()
     print(format_separation(separation(*load_text_encoder(MODEL.value))))
     if CAPTIONS.value > 0:
-        from b2diffurl.world.pretrain import PROMPT_DIR
+        from b2diffurl.lab.pretrain import PROMPT_DIR
 
         with open(os.path.join(PROMPT_DIR, "train.json")) as f:
             pairs = [c for c in json.load(f) if shapes.parse_caption(c).relation is not None]
