@@ -6,6 +6,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 for _name in ("B2DIFFURL_JOB_ID", "SLURM_JOB_ID", "MACHINE_RANK"):  # run inside a Slurm job, the tests still
     os.environ.pop(_name, None)  # see one run per folder (b2diffurl.stage.lock) and one machine
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # the workers share the cores: one thread each, and the
+    os.environ["OMP_NUM_THREADS"] = "1"  # scripts they start inherit it (same arithmetic in and out)
+
 import pytest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -93,6 +93,7 @@ def _assert_same_tensors(a, b):
             assert a[key] == b[key], key
 
 
+@pytest.mark.slow
 def test_killed_scripts_resume_to_the_uninterrupted_result(tiny_config, tmp_path):
     # The uninterrupted run, in this process (the same library code the scripts call).
     reference = tiny_config.copy_and_resolve_references()
@@ -261,6 +262,7 @@ def _script(tiny_config, script, stage, *extra, env=None):
                           cwd=REPO, env=env or ENV, capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_a_second_run_on_the_same_folder_is_refused(tiny_config):
     process = ["bash", "run_process.sh", *_flags(tiny_config)]
     first = subprocess.Popen(process, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

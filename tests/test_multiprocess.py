@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from conftest import REPO
 from safetensors.torch import load_file
@@ -96,6 +97,7 @@ def _process_of_rank(rank: int, marker: str) -> int | None:
     return None
 
 
+@pytest.mark.slow
 def test_a_dead_rank_ends_the_launch_and_the_rerun_completes(tiny_config, tmp_path):
     import signal
     import time
@@ -170,6 +172,7 @@ def _loop_flags(tiny_config, save_path: str, log_dir: str) -> list[str]:
             "--config.eval.every", "2", "--config.eval.max_prompts", "4"]
 
 
+@pytest.mark.slow
 def test_two_machines_run_one_loop_each_on_a_shared_folder_as_one_process_would(tiny_config, tmp_path):
     import time
 
