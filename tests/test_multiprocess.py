@@ -107,10 +107,8 @@ def test_a_dead_rank_ends_the_launch_and_the_rerun_completes(tiny_config, tmp_pa
     marker = f"B2DIFFURL_TEST_RUN={tmp_path.name}"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", marker.split("=")[0]: marker.split("=")[1],
            "LAUNCH": " ".join(LAUNCH)}
-    flags = ["--config", "config/tiny_random.py", "--config.pretrained.model", tiny_config.pretrained.model,
-             "--config.pretrained.build_tiny=False", "--config.save_path", tiny_config.save_path,
-             "--config.log_dir", tiny_config.log_dir, "--config.stages.num_stages", "2", "--config.eval.every", "0",
-             "--config.process_timeout", "30", "--config.report_to=none"]
+    flags = _loop_flags(tiny_config, tiny_config.save_path, tiny_config.log_dir, "--config.eval.every", "0",
+                        "--config.process_timeout", "30")
     tiny_config.stages.num_stages = 2
     stage1 = StagePaths.of(tiny_config, 1)
     for when in ("sampling", "training"):  # stage 1 dies in sampling; the rerun's stage 1 dies in training
@@ -159,17 +157,20 @@ def _machines(tiny_config, out: str, job: str, save_paths: tuple[str, str]) -> l
                   "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no"]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MACHINE_RANK": str(rank),
                "B2DIFFURL_JOB_ID": job, "LAUNCH": " ".join(launch)}
-        flags = _loop_flags(tiny_config, save_path, os.path.join(out, "log"))
+        flags = _loop_flags(tiny_config, save_path, os.path.join(out, "log"), *EVALUATED)
         processes.append(subprocess.Popen(["bash", "run_process.sh", *flags], cwd=REPO, env=env, text=True,
                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
     return processes
 
 
-def _loop_flags(tiny_config, save_path: str, log_dir: str) -> list[str]:
-    return ["config/tiny_random.py", "--config.pretrained.model", tiny_config.pretrained.model,
+def _loop_flags(tiny_config, save_path: str, log_dir: str, *extra: str) -> list[str]:
+    """run_process.sh's flags for two stages of the session's tiny model in `save_path`."""
+    return ["--config", "config/tiny_random.py", "--config.pretrained.model", tiny_config.pretrained.model,
             "--config.pretrained.build_tiny=False", "--config.save_path", save_path, "--config.log_dir", log_dir,
-            "--config.stages.num_stages", "2", "--config.sample.save_png=False", "--config.report_to=none",
-            "--config.eval.every", "2", "--config.eval.max_prompts", "4"]
+            "--config.stages.num_stages", "2", "--config.report_to=none", *extra]
+
+
+EVALUATED = ("--config.sample.save_png=False", "--config.eval.every", "2", "--config.eval.max_prompts", "4")
 
 
 @pytest.mark.slow
@@ -179,7 +180,7 @@ def test_two_machines_run_one_loop_each_on_a_shared_folder_as_one_process_would(
     from b2diffurl.paths import LOCK_FILE
 
     one = subprocess.run(["bash", "run_process.sh", *_loop_flags(tiny_config, str(tmp_path / "one"),
-                                                                 str(tmp_path / "one-log"))],
+                                                                 str(tmp_path / "one-log"), *EVALUATED)],
                          cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
                          capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
@@ -190,7 +191,8 @@ def test_two_machines_run_one_loop_each_on_a_shared_folder_as_one_process_would(
     while not os.path.exists(os.path.join(run, LOCK_FILE)) and time.time() < deadline:
         time.sleep(0.2)
     # A second job on the same folder, while the two machines hold it: refused with the lock's line.
-    other = subprocess.run(["bash", "run_process.sh", *_loop_flags(tiny_config, shared, str(tmp_path / "other"))],
+    other_flags = _loop_flags(tiny_config, shared, str(tmp_path / "other"), *EVALUATED)
+    other = subprocess.run(["bash", "run_process.sh", *other_flags],
                            cwd=REPO, env={**os.environ, "B2DIFFURL_JOB_ID": "job-18"}, capture_output=True, text=True,
                            timeout=300)
     assert other.returncode == 5 and "error: run folder" in other.stderr and "job job-17" in other.stderr, other.stderr

@@ -95,8 +95,7 @@ def check_shared_folder(folder: str, accelerator) -> None:
         if theirs not in seen:
             unseen.append(f"process {accelerator.process_index} on host {socket.gethostname()} cannot read what "
                           f"process {rank} ({theirs.replace(':', ', pid ')}) wrote")
-    unseen = gather_object(unseen)
-    accelerator.wait_for_everyone()
+    unseen = gather_object(unseen)  # a collective: every process has read every file by now
     if os.path.exists(path(accelerator.process_index)):
         os.remove(path(accelerator.process_index))
     if unseen:
