@@ -22,14 +22,19 @@ def tiny_model_dir(tmp_path_factory) -> str:
     return save_tiny_pipeline(str(tmp_path_factory.mktemp("models") / "tiny-sd"))
 
 
-@pytest.fixture()
-def tiny_config(tiny_model_dir, tmp_path):
-    """config/tiny_random.py pointing at the session's tiny model and a fresh run folder."""
+def make_tiny_config(model_dir: str, folder) -> "ml_collections.ConfigDict":
+    """config/tiny_random.py pointing at `model_dir`, its runs and logs below `folder`."""
     from config import tiny_random as tiny
 
     config = tiny.get_config()
-    config.pretrained.model = tiny_model_dir
+    config.pretrained.model = model_dir
     config.pretrained.build_tiny = False
-    config.save_path = str(tmp_path / "runs")
-    config.log_dir = str(tmp_path / "log")
+    config.save_path = os.path.join(folder, "runs")
+    config.log_dir = os.path.join(folder, "log")
     return config
+
+
+@pytest.fixture()
+def tiny_config(tiny_model_dir, tmp_path):
+    """config/tiny_random.py pointing at the session's tiny model and a fresh run folder."""
+    return make_tiny_config(tiny_model_dir, str(tmp_path))

@@ -3,6 +3,7 @@
 import hashlib
 import importlib.util
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -94,17 +95,8 @@ def _assert_same_tensors(a, b):
 
 
 @pytest.mark.slow
-def test_killed_scripts_resume_to_the_uninterrupted_result(tiny_config, tmp_path):
-    # The uninterrupted run, in this process (the same library code the scripts call).
-    reference = tiny_config.copy_and_resolve_references()
-    reference.save_path = str(tmp_path / "reference")
-    reference.stages.num_stages = 2
-    for stage in range(2):
-        reference.stage = stage
-        sample_stage(reference)
-        select_stage(reference)
-        train_stage(reference)
-
+def test_killed_scripts_resume_to_the_uninterrupted_result(tiny_config, two_stage_run):
+    ref_run = two_stage_run[1]  # the uninterrupted run, in this process (the library code the scripts call)
     process = ["bash", "run_process.sh", *_flags(tiny_config)]
     run = os.path.join(tiny_config.save_path, "tiny_random")
     stage1 = os.path.join(run, "stage1")
@@ -132,16 +124,8 @@ def test_killed_scripts_resume_to_the_uninterrupted_result(tiny_config, tmp_path
     assert "continuing at stage 1" in result.stdout
 
     assert _tree_digest(os.path.join(run, "stage0")) == stage0_files  # earlier stages never touched
-    ref_run = os.path.join(reference.save_path, "tiny_random")
     for stage in ("stage0", "stage1"):
-        for name in ("sample.pkl", "sample_stage.pkl"):
-            _assert_same_tensors(torch.load(os.path.join(run, stage, name), weights_only=True),
-                                 torch.load(os.path.join(ref_run, stage, name), weights_only=True))
-        lora = "checkpoints/pytorch_lora_weights.safetensors"
-        _assert_same_tensors(load_file(os.path.join(run, stage, lora)), load_file(os.path.join(ref_run, stage, lora)))
-        for name in ("history.json", "images.pt", "COMPLETE"):
-            with open(os.path.join(run, stage, name), "rb") as f, open(os.path.join(ref_run, stage, name), "rb") as g:
-                assert f.read() == g.read(), (stage, name)
+        _assert_same_stage(run, ref_run, stage)
     assert _comparable(read_run_metrics(run)) == _comparable(read_run_metrics(ref_run))
 
 
@@ -328,9 +312,9 @@ def _truncate(path):
     ("stage0/history.json", "run_select.py"),
     ("run_config.json", "run_sample.py"),
 ])
-def test_a_damaged_file_of_an_earlier_stage_is_one_line_naming_it(tiny_config, damaged, script):
+def test_a_damaged_file_of_an_earlier_stage_is_one_line_naming_it(tiny_config, two_stage_run, damaged, script):
     tiny_config.stages.num_stages = 2
-    _complete_stage(tiny_config, 0)
+    shutil.copytree(two_stage_run[0], os.path.join(tiny_config.save_path, "tiny_random"))
     tiny_config.stage = 1
     if script != "run_sample.py":
         sample_stage(tiny_config)
@@ -344,19 +328,54 @@ def test_a_damaged_file_of_an_earlier_stage_is_one_line_naming_it(tiny_config, d
     assert "Traceback" not in result.stderr
 
 
+@pytest.fixture(scope="module")
+def two_stage_run(tiny_model_dir, tmp_path_factory):
+    """A two-stage run of the tiny config, in this process: (a copy of its run folder as stage 0
+    left it, its run folder after stage 1). Tests that need a completed stage 0 start from the
+    copy, and a rerun after a fault must end where this uninterrupted run did."""
+    from conftest import make_tiny_config
+
+    folder = tmp_path_factory.mktemp("two_stage_run")
+    config = make_tiny_config(tiny_model_dir, str(folder))
+    config.stages.num_stages = 2  # as _flags says
+    _complete_stage(config, 0)
+    run = os.path.join(config.save_path, config.exp_name)
+    after_stage0 = str(folder / "after_stage0")
+    shutil.copytree(run, after_stage0)
+    _complete_stage(config, 1)
+    return after_stage0, run
+
+
+def _assert_same_stage(run, reference, stage):
+    """Stage `stage` of `run` holds the same samples, selection, LoRA and marker as `reference`'s."""
+    for name in ("sample.pkl", "sample_stage.pkl"):
+        _assert_same_tensors(torch.load(os.path.join(run, stage, name), weights_only=True),
+                             torch.load(os.path.join(reference, stage, name), weights_only=True))
+    lora = "checkpoints/pytorch_lora_weights.safetensors"
+    _assert_same_tensors(load_file(os.path.join(run, stage, lora)), load_file(os.path.join(reference, stage, lora)))
+    for name in ("history.json", "images.pt", "COMPLETE"):
+        with open(os.path.join(run, stage, name), "rb") as f, open(os.path.join(reference, stage, name), "rb") as g:
+            assert f.read() == g.read(), (stage, name)
+
+
+STAGE_STEPS = {"run_sample.py": sample_stage, "run_select.py": select_stage, "run_train.py": train_stage}
+
+
 @pytest.mark.parametrize("script, file", [
     ("run_sample.py", "sample.pkl"), ("run_sample.py", "images.pt"), ("run_select.py", "history.json"),
     ("run_select.py", "sample_stage.pkl"), ("run_train.py", "checkpoints"), ("run_train.py", "metrics.jsonl"),
     ("run_train.py", "README.md"), ("run_train.py", "COMPLETE"),
 ])
-def test_a_full_disk_in_any_script_is_one_line_and_the_rerun_completes(tiny_config, script, file):
+def test_a_full_disk_in_any_script_is_one_line_and_the_rerun_completes(tiny_config, two_stage_run, script, file):
+    after_stage0, reference = two_stage_run
     tiny_config.stages.num_stages = 2
-    _complete_stage(tiny_config, 0)
     run = os.path.join(tiny_config.save_path, "tiny_random")
+    shutil.copytree(after_stage0, run)
     stage0 = _tree_digest(os.path.join(run, "stage0"))
     tiny_config.stage = 1
-    for earlier in ("run_sample.py", "run_select.py")[: ("run_sample.py", "run_select.py", "run_train.py").index(script)]:
-        {"run_sample.py": sample_stage, "run_select.py": select_stage}[earlier](tiny_config)
+    steps = list(STAGE_STEPS)
+    for earlier in steps[: steps.index(script)]:
+        STAGE_STEPS[earlier](tiny_config)
     result = _script(tiny_config, script, 1, env={**ENV, "B2DIFFURL_FAIL_WRITE": file})
     _one_error_line(result, 3, f"stage 1, {script}: cannot write", file, "free")
     assert "Traceback" not in result.stderr
@@ -364,9 +383,15 @@ def test_a_full_disk_in_any_script_is_one_line_and_the_rerun_completes(tiny_conf
     if file != "metrics.jsonl":
         assert not os.path.exists(os.path.join(run, "stage1", file))
     assert _tree_digest(os.path.join(run, "stage0")) == stage0
-    result = subprocess.run(["bash", "run_process.sh", *_flags(tiny_config)], cwd=REPO, env=ENV,
-                            capture_output=True, text=True)
-    assert result.returncode == 0 and "continuing at stage 1" in result.stdout, result.stderr[-3000:]
+    if file == "COMPLETE":  # the loop's rerun, once: it continues at the failed stage
+        result = subprocess.run(["bash", "run_process.sh", *_flags(tiny_config)], cwd=REPO, env=ENV,
+                                capture_output=True, text=True)
+        assert result.returncode == 0 and "continuing at stage 1" in result.stdout, result.stderr[-3000:]
+    else:  # the failed script and those after it, rerun (the same library code the scripts call)
+        for rerun in steps[steps.index(script):]:
+            STAGE_STEPS[rerun](tiny_config)
+    assert _tree_digest(os.path.join(run, "stage0")) == stage0
+    _assert_same_stage(run, reference, "stage1")  # as if the disk had never filled
 
 
 def test_stages_that_skip_every_optimiser_step_are_flagged_then_stop_the_run(tiny_config):
