@@ -33,6 +33,11 @@ def _flags(config, *extra):
             "--config.log_dir", config.log_dir, "--config.stages.num_stages", "2", *extra]
 
 
+# For loops whose test is about something else: the held-out evaluation (a script start and
+# 128 images) is left to the tests of evaluation (test_generate) and of the loop's end (test_tracking).
+NO_EVALUATION = ("--config.eval.every", "0")
+
+
 def _tree_digest(folder):
     """{relative path: sha256} of every file below `folder`."""
     digests = {}
@@ -97,7 +102,7 @@ def _assert_same_tensors(a, b):
 @pytest.mark.slow
 def test_killed_scripts_resume_to_the_uninterrupted_result(tiny_config, two_stage_run):
     ref_run = two_stage_run[1]  # the uninterrupted run, in this process (the library code the scripts call)
-    process = ["bash", "run_process.sh", *_flags(tiny_config)]
+    process = ["bash", "run_process.sh", *_flags(tiny_config, *NO_EVALUATION)]
     run = os.path.join(tiny_config.save_path, "tiny_random")
     stage1 = os.path.join(run, "stage1")
     # Fault 1: killed while sampling stage 1 (after stage 0 completed).
@@ -248,7 +253,7 @@ def _script(tiny_config, script, stage, *extra, env=None):
 
 @pytest.mark.slow
 def test_a_second_run_on_the_same_folder_is_refused(tiny_config):
-    process = ["bash", "run_process.sh", *_flags(tiny_config)]
+    process = ["bash", "run_process.sh", *_flags(tiny_config, *NO_EVALUATION)]
     first = subprocess.Popen(process, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lock_file = os.path.join(tiny_config.save_path, "tiny_random", ".lock")
     deadline = time.time() + 120
@@ -384,7 +389,7 @@ def test_a_full_disk_in_any_script_is_one_line_and_the_rerun_completes(tiny_conf
         assert not os.path.exists(os.path.join(run, "stage1", file))
     assert _tree_digest(os.path.join(run, "stage0")) == stage0
     if file == "COMPLETE":  # the loop's rerun, once: it continues at the failed stage
-        result = subprocess.run(["bash", "run_process.sh", *_flags(tiny_config)], cwd=REPO, env=ENV,
+        result = subprocess.run(["bash", "run_process.sh", *_flags(tiny_config, *NO_EVALUATION)], cwd=REPO, env=ENV,
                                 capture_output=True, text=True)
         assert result.returncode == 0 and "continuing at stage 1" in result.stdout, result.stderr[-3000:]
     else:  # the failed script and those after it, rerun (the same library code the scripts call)
