@@ -44,6 +44,7 @@ def _lora(stage):
     return load_file(os.path.join(stage, "checkpoints", "pytorch_lora_weights.safetensors"))
 
 
+@pytest.mark.slow
 def test_two_processes_shard_sampling_and_train_with_synchronised_gradients(tiny_config, tmp_path):
     one, _ = _run_stage(tiny_config, str(tmp_path / "one"), [sys.executable])
     two, logs = _run_stage(tiny_config, str(tmp_path / "two"), LAUNCH)

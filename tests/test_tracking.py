@@ -80,6 +80,7 @@ def quick_run(tmp_path_factory):
     return str(root / "runs" / "tiny")
 
 
+@pytest.mark.slow  # the quick run they share
 def test_wandb_logs_every_stage_of_a_continued_run_into_one_run(quick_run):
     import json
 
@@ -106,6 +107,7 @@ def test_wandb_logs_every_stage_of_a_continued_run_into_one_run(quick_run):
     assert len(files) == 2  # the grid of each stage
 
 
+@pytest.mark.slow  # the quick run they share
 def test_tensorboard_logs_the_same_scalars_against_the_stage(quick_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -119,6 +121,7 @@ def test_tensorboard_logs_the_same_scalars_against_the_stage(quick_run):
     assert "best_worst" in events.Tags()["images"]
 
 
+@pytest.mark.slow  # the quick run they share
 def test_every_lora_has_a_model_card_that_loads_in_plain_diffusers(quick_run, tmp_path):
     from huggingface_hub import ModelCard
 
@@ -143,6 +146,7 @@ def test_every_lora_has_a_model_card_that_loads_in_plain_diffusers(quick_run, tm
     assert Image.open(out / "sample.png").size == (32, 32)
 
 
+@pytest.mark.slow  # the quick run they share
 def test_the_report_draws_success_rates_with_intervals_in_the_unit_range(quick_run):
     from b2diffurl.analysis.run_data import collect
 
