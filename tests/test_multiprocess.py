@@ -1,12 +1,13 @@
 """Two processes under `accelerate launch` on CPU (gloo): sharded sampling, DDP training.
 
-The stage is run once by one process and once by two, both with one thread per process so
+The stage is run once by one process (in the test's own) and once by two, all with one thread so
 that the arithmetic is the same: the two shards together must hold exactly the one-process
 samples, and training must end with the same LoRA on both processes and (up to the order in
 which gradients are summed) the one-process LoRA.
 """
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -23,13 +24,39 @@ LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--
           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
 
 
+@pytest.fixture(scope="module")
+def one_process_run(tiny_model_dir, tmp_path_factory):
+    """The reference: two stages of the tiny config as _loop_flags sets it, in this process with
+    one thread (as the launched processes have). Returns (a copy of the run folder as stage 0
+    left it, the run folder)."""
+    from conftest import make_tiny_config
+
+    from b2diffurl.stage.sample import sample_stage
+    from b2diffurl.stage.select import select_stage
+    from b2diffurl.stage.train import train_stage
+
+    folder = tmp_path_factory.mktemp("one_process")
+    config = make_tiny_config(tiny_model_dir, str(folder))
+    config.stages.num_stages, config.report_to, config.sample.save_png = 2, "none", False
+    config.train.gradient_accumulation_steps = 3
+    run = os.path.join(config.save_path, config.exp_name)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for stage in range(2):
+            config.stage = stage
+            sample_stage(config)
+            select_stage(config)
+            train_stage(config)
+            if stage == 0:
+                shutil.copytree(run, str(folder / "after_stage0"))
+    finally:
+        torch.set_num_threads(threads)
+    return str(folder / "after_stage0"), run
+
+
 def _run_stage(tiny_config, save_path, launcher):
-    flags = ["--config", "config/tiny_random.py", "--config.pretrained.model", tiny_config.pretrained.model,
-             "--config.pretrained.build_tiny=False", "--config.save_path", save_path, "--config.stage", "0",
-             "--config.sample.save_png=False", "--config.report_to=none",
-             # 16 selected samples in batches of 4, 3 batches an optimiser step: groups of 3 and 1
-             # batches, so that some process runs a padding (weight-0) pass in every step.
-             "--config.train.gradient_accumulation_steps", "3"]
+    flags = [*_loop_flags(tiny_config, save_path, os.path.join(save_path, "log")), "--config.stage", "0"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     logs = ""
     for script in SCRIPTS:
@@ -45,8 +72,8 @@ def _lora(stage):
 
 
 @pytest.mark.slow
-def test_two_processes_shard_sampling_and_train_with_synchronised_gradients(tiny_config, tmp_path):
-    one, _ = _run_stage(tiny_config, str(tmp_path / "one"), [sys.executable])
+def test_two_processes_shard_sampling_and_train_with_synchronised_gradients(tiny_config, tmp_path, one_process_run):
+    one = os.path.join(one_process_run[1], "stage0")
     two, logs = _run_stage(tiny_config, str(tmp_path / "two"), LAUNCH)
 
     # Sampling: one shard a process, together exactly the one-process samples.
@@ -99,7 +126,7 @@ def _process_of_rank(rank: int, marker: str) -> int | None:
 
 
 @pytest.mark.slow
-def test_a_dead_rank_ends_the_launch_and_the_rerun_completes(tiny_config, tmp_path):
+def test_a_dead_rank_ends_the_launch_and_the_rerun_completes(tiny_config, tmp_path, one_process_run):
     import signal
     import time
 
@@ -111,6 +138,7 @@ def test_a_dead_rank_ends_the_launch_and_the_rerun_completes(tiny_config, tmp_pa
     flags = _loop_flags(tiny_config, tiny_config.save_path, tiny_config.log_dir, "--config.eval.every", "0",
                         "--config.process_timeout", "30")
     tiny_config.stages.num_stages = 2
+    shutil.copytree(one_process_run[0], os.path.join(tiny_config.save_path, "tiny_random"))  # stage 0 is complete
     stage1 = StagePaths.of(tiny_config, 1)
     for when in ("sampling", "training"):  # stage 1 dies in sampling; the rerun's stage 1 dies in training
         process = subprocess.Popen(["bash", "run_process.sh", *flags], cwd=REPO, env=env, stdout=subprocess.PIPE,
@@ -165,27 +193,27 @@ def _machines(tiny_config, out: str, job: str, save_paths: tuple[str, str]) -> l
 
 
 def _loop_flags(tiny_config, save_path: str, log_dir: str, *extra: str) -> list[str]:
-    """run_process.sh's flags for two stages of the session's tiny model in `save_path`."""
+    """The scripts' flags for two stages of the session's tiny model in `save_path`, as
+    one_process_run makes them. 16 selected samples in batches of 4, 3 batches an optimiser
+    step: groups of 3 and 1 batches, so that some process of two runs a padding (weight-0)
+    pass in every step."""
     return ["--config", "config/tiny_random.py", "--config.pretrained.model", tiny_config.pretrained.model,
             "--config.pretrained.build_tiny=False", "--config.save_path", save_path, "--config.log_dir", log_dir,
-            "--config.stages.num_stages", "2", "--config.report_to=none", *extra]
+            "--config.stages.num_stages", "2", "--config.report_to=none", "--config.sample.save_png=False",
+            "--config.train.gradient_accumulation_steps", "3", *extra]
 
 
-EVALUATED = ("--config.sample.save_png=False", "--config.eval.every", "2", "--config.eval.max_prompts", "4")
+EVALUATED = ("--config.eval.every", "2", "--config.eval.max_prompts", "4")
 
 
 @pytest.mark.slow
-def test_two_machines_run_one_loop_each_on_a_shared_folder_as_one_process_would(tiny_config, tmp_path):
+def test_two_machines_run_one_loop_each_on_a_shared_folder_as_one_process_would(tiny_config, tmp_path,
+                                                                               one_process_run):
     import time
 
     from b2diffurl.paths import LOCK_FILE
 
-    one = subprocess.run(["bash", "run_process.sh", *_loop_flags(tiny_config, str(tmp_path / "one"),  # the reference
-                                                                 str(tmp_path / "one-log"), *EVALUATED,
-                                                                 "--config.eval.every", "0")],
-                         cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
-                         capture_output=True, text=True, timeout=600)
-    assert one.returncode == 0, one.stderr[-3000:]
+    one = one_process_run[1]
     shared = str(tmp_path / "two")
     machines = _machines(tiny_config, str(tmp_path), "job-17", (shared, shared))
     run = os.path.join(shared, "tiny_random")
@@ -207,7 +235,7 @@ def test_two_machines_run_one_loop_each_on_a_shared_folder_as_one_process_would(
     assert os.path.exists(os.path.join(str(tmp_path), "log", "tiny_random", "stage1.machine1.log"))
 
     for stage in (0, 1):
-        single = load_samples(os.path.join(tmp_path, "one", "tiny_random", f"stage{stage}", "sample.pkl"))
+        single = load_samples(os.path.join(one, f"stage{stage}", "sample.pkl"))
         joined = concatenate([load_samples(os.path.join(run, f"stage{stage}", f"sample.{rank}-of-2.pkl"))
                               for rank in range(2)])
         order = torch.argsort(joined["group_id"] * single["meta"]["num_branches"] + joined["branch_id"])
@@ -218,14 +246,14 @@ def test_two_machines_run_one_loop_each_on_a_shared_folder_as_one_process_would(
         else:  # from LoRAs equal up to the order of gradient sums
             torch.testing.assert_close(joined["latents"][order], single["latents"], rtol=1e-3, atol=1e-4)
         chosen = [load_samples(os.path.join(folder, f"stage{stage}", "sample_stage.pkl"), selected=True)
-                  for folder in (os.path.join(tmp_path, "one", "tiny_random"), run)]
+                  for folder in (one, run)]
         assert chosen[0]["prompts"] == chosen[1]["prompts"]
         if stage == 0:
             assert torch.equal(chosen[1]["advantages"], chosen[0]["advantages"])
         else:  # rewards of images that differ by ~1e-4, normalised within a prompt's few samples
             torch.testing.assert_close(chosen[1]["advantages"], chosen[0]["advantages"], rtol=0, atol=5e-3)
         lora_one, lora_two = (_lora(os.path.join(folder, f"stage{stage}"))
-                              for folder in (os.path.join(tmp_path, "one", "tiny_random"), run))
+                              for folder in (one, run))
         for key in lora_one:
             torch.testing.assert_close(lora_two[key], lora_one[key], rtol=1e-3, atol=1e-5)
 
