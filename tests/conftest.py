@@ -34,6 +34,28 @@ def make_tiny_config(model_dir: str, folder) -> "ml_collections.ConfigDict":
     return config
 
 
+def run_two_stages(config, folder: str) -> tuple[str, str]:
+    """Stages 0 and 1 of `config` in this process (the library code the three scripts call).
+    Returns (a copy of the run folder as stage 0 left it, in `folder`; the run folder)."""
+    import shutil
+
+    from b2diffurl.stage.sample import sample_stage
+    from b2diffurl.stage.select import select_stage
+    from b2diffurl.stage.train import train_stage
+
+    config.stages.num_stages = 2
+    run = os.path.join(config.save_path, config.exp_name)
+    after_stage0 = os.path.join(folder, "after_stage0")
+    for stage in range(2):
+        config.stage = stage
+        sample_stage(config)
+        select_stage(config)
+        train_stage(config)
+        if stage == 0:
+            shutil.copytree(run, after_stage0)
+    return after_stage0, run
+
+
 @pytest.fixture()
 def tiny_config(tiny_model_dir, tmp_path):
     """config/tiny_random.py pointing at the session's tiny model and a fresh run folder."""

@@ -297,13 +297,6 @@ def test_a_failing_reward_stops_selection_naming_it_and_the_rerun_completes(tiny
     assert os.path.exists(stage0.selected) and os.path.exists(stage0.history)
 
 
-def _complete_stage(config, stage):
-    config.stage = stage
-    sample_stage(config)
-    select_stage(config)
-    train_stage(config)
-
-
 def _truncate(path):
     with open(path, "rb") as f:
         data = f.read()
@@ -335,20 +328,13 @@ def test_a_damaged_file_of_an_earlier_stage_is_one_line_naming_it(tiny_config, t
 
 @pytest.fixture(scope="module")
 def two_stage_run(tiny_model_dir, tmp_path_factory):
-    """A two-stage run of the tiny config, in this process: (a copy of its run folder as stage 0
-    left it, its run folder after stage 1). Tests that need a completed stage 0 start from the
-    copy, and a rerun after a fault must end where this uninterrupted run did."""
-    from conftest import make_tiny_config
+    """A two-stage run of the tiny config (as _flags sets it), in this process: (a copy of its
+    run folder as stage 0 left it, its run folder after stage 1). Tests that need a completed
+    stage 0 start from the copy, and a rerun after a fault must end where this uninterrupted run did."""
+    from conftest import make_tiny_config, run_two_stages
 
-    folder = tmp_path_factory.mktemp("two_stage_run")
-    config = make_tiny_config(tiny_model_dir, str(folder))
-    config.stages.num_stages = 2  # as _flags says
-    _complete_stage(config, 0)
-    run = os.path.join(config.save_path, config.exp_name)
-    after_stage0 = str(folder / "after_stage0")
-    shutil.copytree(run, after_stage0)
-    _complete_stage(config, 1)
-    return after_stage0, run
+    folder = str(tmp_path_factory.mktemp("two_stage_run"))
+    return run_two_stages(make_tiny_config(tiny_model_dir, folder), folder)
 
 
 def _assert_same_stage(run, reference, stage):

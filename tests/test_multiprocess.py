@@ -29,30 +29,17 @@ def one_process_run(tiny_model_dir, tmp_path_factory):
     """The reference: two stages of the tiny config as _loop_flags sets it, in this process with
     one thread (as the launched processes have). Returns (a copy of the run folder as stage 0
     left it, the run folder)."""
-    from conftest import make_tiny_config
+    from conftest import make_tiny_config, run_two_stages
 
-    from b2diffurl.stage.sample import sample_stage
-    from b2diffurl.stage.select import select_stage
-    from b2diffurl.stage.train import train_stage
-
-    folder = tmp_path_factory.mktemp("one_process")
-    config = make_tiny_config(tiny_model_dir, str(folder))
-    config.stages.num_stages, config.report_to, config.sample.save_png = 2, "none", False
-    config.train.gradient_accumulation_steps = 3
-    run = os.path.join(config.save_path, config.exp_name)
+    folder = str(tmp_path_factory.mktemp("one_process"))
+    config = make_tiny_config(tiny_model_dir, folder)
+    config.report_to, config.sample.save_png, config.train.gradient_accumulation_steps = "none", False, 3
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        for stage in range(2):
-            config.stage = stage
-            sample_stage(config)
-            select_stage(config)
-            train_stage(config)
-            if stage == 0:
-                shutil.copytree(run, str(folder / "after_stage0"))
+        return run_two_stages(config, folder)
     finally:
         torch.set_num_threads(threads)
-    return str(folder / "after_stage0"), run
 
 
 def _run_stage(tiny_config, save_path, launcher):
